@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -147,7 +147,7 @@ class CsvData(DataCommon):
 
 
 DataConfig = Annotated[
-    Union[SpiralsData, MoonsData, BlobsData, XorData, SineData, DigitsData, NpzData, CsvData],
+    SpiralsData | MoonsData | BlobsData | XorData | SineData | DigitsData | NpzData | CsvData,
     Field(discriminator="source"),
 ]
 
@@ -201,7 +201,7 @@ def _model_kind(value: Any) -> str:
 
 
 ModelConfig = Annotated[
-    Union[Annotated[MLPModel, Tag("mlp")], Annotated[CustomModel, Tag("custom")]],
+    Annotated[MLPModel, Tag("mlp")] | Annotated[CustomModel, Tag("custom")],
     Discriminator(_model_kind, custom_error_type="invalid_model", custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)"),
 ]
 
@@ -321,7 +321,7 @@ class LBFGSOptimizer(OptimizerCommon):
 
 
 OptimizerConfig = Annotated[
-    Union[SGDOptimizer, MomentumOptimizer, AdamOptimizer, RMSpropOptimizer, AdagradOptimizer, LBFGSOptimizer],
+    SGDOptimizer | MomentumOptimizer | AdamOptimizer | RMSpropOptimizer | AdagradOptimizer | LBFGSOptimizer,
     Field(discriminator="name"),
 ]
 
@@ -409,16 +409,7 @@ class PlateauScheduler(Section):
 
 
 SchedulerConfig = Annotated[
-    Union[
-        NoScheduler,
-        StepScheduler,
-        MultiStepScheduler,
-        ExponentialScheduler,
-        CosineScheduler,
-        OneCycleScheduler,
-        WarmupCosineScheduler,
-        PlateauScheduler,
-    ],
+    NoScheduler | StepScheduler | MultiStepScheduler | ExponentialScheduler | CosineScheduler | OneCycleScheduler | WarmupCosineScheduler | PlateauScheduler,
     Field(discriminator="name"),
 ]
 
@@ -666,10 +657,7 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> KeyPath:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
             path.append(part)
             node = node[part]
         elif isinstance(node, dict | list):
