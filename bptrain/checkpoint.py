@@ -34,7 +34,9 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         _fsync_dir(path.parent)
     except OSError as err:
         Path(tmp_name).unlink(missing_ok=True)
-        raise TrainingError(f"could not write checkpoint {path}: {err}. The previous checkpoint is intact.") from err
+        raise TrainingError(
+            f"could not write checkpoint {path}: {err}. The previous checkpoint is intact."
+        ) from err
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -68,7 +70,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"cannot read checkpoint {path}: {err}") from None
     if not isinstance(state, dict):
-        raise UserError(f"{path} is not a bptrain checkpoint (expected a dict, found {type(state).__name__}).")
+        raise UserError(
+            f"{path} is not a bptrain checkpoint (expected a dict, found {type(state).__name__})."
+        )
     return state
 
 

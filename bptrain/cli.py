@@ -72,7 +72,9 @@ def fit(
     overrides: OverridesArg = None,
     resume: Annotated[
         str | None,
-        typer.Option(help="Continue a run: 'auto' (newest run of this config, or start fresh), a run directory, or a last.pt path."),
+        typer.Option(
+            help="Continue a run: 'auto' (newest run of this config, or start fresh), a run directory, or a last.pt path."
+        ),
     ] = None,
 ) -> None:
     """Train a model as CONFIG describes; writes a run directory with metrics, TensorBoard events and checkpoints."""
@@ -106,9 +108,16 @@ class Split(str, Enum):
 def evaluate(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    checkpoint: Annotated[Path, typer.Option(help="A last.pt/best.pt checkpoint or a .safetensors file.", show_default=False)] = ...,  # type: ignore[assignment]
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A last.pt/best.pt checkpoint or a .safetensors file.", show_default=False
+        ),
+    ] = ...,  # type: ignore[assignment]
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.val,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout and nothing else.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object to stdout and nothing else.")
+    ] = False,
 ) -> None:
     """Evaluate a saved model on the validation or test split of CONFIG's data."""
 
@@ -143,15 +152,40 @@ class FailOn(str, Enum):
 def grad_inspect(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Inspect these weights instead of the initialisation.")] = None,
-    batches: Annotated[int, typer.Option(min=1, help="Training batches to average the gradients over.")] = 4,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file ('-' for stdout).")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG of the gradient flow (needs matplotlib).")] = None,
-    fail_on: Annotated[FailOn | None, typer.Option(help="Exit with code 3 when flags of this severity or worse are found.")] = None,
-    check_gradients: Annotated[bool, typer.Option(help="Verify autograd against float64 finite differences per layer.")] = False,
-    sweep: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2,... (repeatable): inspect every combination side by side.")] = None,
-    noise: Annotated[bool, typer.Option(help="Gradient-noise tests from per-sample gradients: is the batch too small?")] = False,
-    curvature: Annotated[bool, typer.Option(help="Top Hessian eigenvalue and trace: is the LR past the stability edge?")] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Inspect these weights instead of the initialisation.")
+    ] = None,
+    batches: Annotated[
+        int, typer.Option(min=1, help="Training batches to average the gradients over.")
+    ] = 4,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the report as JSON to this file ('-' for stdout)."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of the gradient flow (needs matplotlib).")
+    ] = None,
+    fail_on: Annotated[
+        FailOn | None,
+        typer.Option(help="Exit with code 3 when flags of this severity or worse are found."),
+    ] = None,
+    check_gradients: Annotated[
+        bool, typer.Option(help="Verify autograd against float64 finite differences per layer.")
+    ] = False,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V1,V2,... (repeatable): inspect every combination side by side."),
+    ] = None,
+    noise: Annotated[
+        bool,
+        typer.Option(
+            help="Gradient-noise tests from per-sample gradients: is the batch too small?"
+        ),
+    ] = False,
+    curvature: Annotated[
+        bool,
+        typer.Option(help="Top Hessian eigenvalue and trace: is the LR past the stability edge?"),
+    ] = False,
 ) -> None:
     """Show how the error signal backpropagates through each layer, and say what is wrong and how to fix it."""
     from rich.console import Console

@@ -67,7 +67,9 @@ class DataCommon(Section):
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataCommon:
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must be below 1 so some training data remains")
+            raise ValueError(
+                "val_fraction + test_fraction must be below 1 so some training data remains"
+            )
         return self
 
 
@@ -154,7 +156,9 @@ DataConfig = Annotated[
 # --------------------------------------------------------------------------- model
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu"]
-Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"]
+Init = Literal[
+    "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"
+]
 Norm = Literal["none", "batchnorm", "layernorm"]
 
 
@@ -202,7 +206,11 @@ def _model_kind(value: Any) -> str:
 
 ModelConfig = Annotated[
     Annotated[MLPModel, Tag("mlp")] | Annotated[CustomModel, Tag("custom")],
-    Discriminator(_model_kind, custom_error_type="invalid_model", custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)"),
+    Discriminator(
+        _model_kind,
+        custom_error_type="invalid_model",
+        custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)",
+    ),
 ]
 
 # --------------------------------------------------------------------------- loss
@@ -316,12 +324,19 @@ class LBFGSOptimizer(OptimizerCommon):
     @classmethod
     def _no_weight_decay(cls, value: float) -> float:
         if value:
-            raise ValueError("lbfgs has no weight_decay; add an L2 term to the loss or use another optimizer")
+            raise ValueError(
+                "lbfgs has no weight_decay; add an L2 term to the loss or use another optimizer"
+            )
         return value
 
 
 OptimizerConfig = Annotated[
-    SGDOptimizer | MomentumOptimizer | AdamOptimizer | RMSpropOptimizer | AdagradOptimizer | LBFGSOptimizer,
+    SGDOptimizer
+    | MomentumOptimizer
+    | AdamOptimizer
+    | RMSpropOptimizer
+    | AdagradOptimizer
+    | LBFGSOptimizer,
     Field(discriminator="name"),
 ]
 
@@ -409,7 +424,14 @@ class PlateauScheduler(Section):
 
 
 SchedulerConfig = Annotated[
-    NoScheduler | StepScheduler | MultiStepScheduler | ExponentialScheduler | CosineScheduler | OneCycleScheduler | WarmupCosineScheduler | PlateauScheduler,
+    NoScheduler
+    | StepScheduler
+    | MultiStepScheduler
+    | ExponentialScheduler
+    | CosineScheduler
+    | OneCycleScheduler
+    | WarmupCosineScheduler
+    | PlateauScheduler,
     Field(discriminator="name"),
 ]
 
@@ -508,7 +530,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _compatible_choices(self) -> Config:
         if self.optimizer.name == "lbfgs" and self.trainer.precision == "fp16":
-            raise ValueError("optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16")
+            raise ValueError(
+                "optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16"
+            )
         return self
 
 
@@ -556,7 +580,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     return data, lines
 
 
-def _index_lines(node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int], source: str) -> None:
+def _index_lines(
+    node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int], source: str
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -564,7 +590,9 @@ def _index_lines(node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int
             line = key_node.start_mark.line + 1
             if key in seen:
                 dotted = ".".join(str(p) for p in (*path, key))
-                raise ConfigError(f"{source}, line {line}: key '{dotted}' is given twice (first on line {seen[key]}); keep one.")
+                raise ConfigError(
+                    f"{source}, line {line}: key '{dotted}' is given twice (first on line {seen[key]}); keep one."
+                )
             seen[key] = line
             lines[(*path, key)] = line
             _index_lines(value_node, (*path, key), lines, source)
@@ -584,7 +612,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({getattr(err, 'problem', err)})"
+        ) from None
     return key.split("."), parsed
 
 
@@ -597,7 +627,9 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
             node[key] = child
         if not isinstance(child, dict):
             dotted = ".".join(keys[: depth + 1])
-            raise ConfigError(f"override '{text}': {dotted} is a value ({child!r}), not a section with keys.")
+            raise ConfigError(
+                f"override '{text}': {dotted} is a value ({child!r}), not a section with keys."
+            )
         node = child
     # Changing a variant's name drops the options of the old variant only if they are unknown to the new one;
     # pydantic will still reject the leftovers with a clear message.
@@ -619,7 +651,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (seed, data, model, ...), not {type(data).__name__}.")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (seed, data, model, ...), not {type(data).__name__}."
+        )
     origins: dict[KeyPath, str] = {key: f"{path}, line {line}" for key, line in lines.items()}
     for text_override in overrides:
         keys, value = parse_override(text_override)
@@ -631,14 +665,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(data, origins, str(path))
 
 
-def validate_config(data: dict[str, Any], origins: dict[KeyPath, str] | None = None, source: str = "config") -> Config:
+def validate_config(
+    data: dict[str, Any], origins: dict[KeyPath, str] | None = None, source: str = "config"
+) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, data, origins or {}, source)) from None
 
 
-def format_validation_error(err: ValidationError, data: Any, origins: dict[KeyPath, str], source: str) -> str:
+def format_validation_error(
+    err: ValidationError, data: Any, origins: dict[KeyPath, str], source: str
+) -> str:
     messages = []
     for problem in err.errors(include_url=False):
         path = _clean_loc(problem["loc"], data)
@@ -657,7 +695,9 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> KeyPath:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             path.append(part)
             node = node[part]
         elif isinstance(node, dict | list):
@@ -698,7 +738,9 @@ def _describe(problem: dict[str, Any], path: KeyPath, data: Any) -> str:
     if kind == "union_tag_invalid":
         ctx = problem.get("ctx", {})
         got, options = ctx.get("tag"), str(ctx.get("expected_tags", ""))
-        close = difflib.get_close_matches(str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"unknown choice {got!r}; expected one of {options}.{hint}"
     if kind == "union_tag_not_found":
@@ -706,7 +748,9 @@ def _describe(problem: dict[str, Any], path: KeyPath, data: Any) -> str:
     if kind == "literal_error":
         got = problem.get("input")
         options = problem.get("ctx", {}).get("expected", "")
-        close = difflib.get_close_matches(str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"got {got!r}; expected one of {options}.{hint}"
     got = problem.get("input")
@@ -745,7 +789,11 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
     for member in members:
         for tag_field in ("name", "source"):
             field = member.model_fields.get(tag_field)
-            if field is not None and isinstance(value, dict) and value.get(tag_field) in getattr(field.annotation, "__args__", ()):
+            if (
+                field is not None
+                and isinstance(value, dict)
+                and value.get(tag_field) in getattr(field.annotation, "__args__", ())
+            ):
                 return member
     return members[0]
 
@@ -767,7 +815,10 @@ def _collect_union_tags() -> set[str]:
         for member in _models_in(field.annotation):
             for tag_field in ("name", "source"):
                 if tag_field in member.model_fields:
-                    tags.update(str(v) for v in getattr(member.model_fields[tag_field].annotation, "__args__", ()))
+                    tags.update(
+                        str(v)
+                        for v in getattr(member.model_fields[tag_field].annotation, "__args__", ())
+                    )
     return tags
 
 

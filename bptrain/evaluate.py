@@ -11,7 +11,9 @@ from bptrain.runtime import Precision
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Batches, objective: Objective, precision: Precision, prefix: str) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batches: Batches, objective: Objective, precision: Precision, prefix: str
+) -> dict[str, float]:
     """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end."""
     was_training = model.training
     model.eval()

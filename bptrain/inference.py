@@ -34,13 +34,22 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return model_state(load_checkpoint(path), path)
 
 
-def load_into(model: nn.Module, weights: dict[str, torch.Tensor], path: Path, strict: bool = True) -> tuple[list[str], list[str]]:
+def load_into(
+    model: nn.Module, weights: dict[str, torch.Tensor], path: Path, strict: bool = True
+) -> tuple[list[str], list[str]]:
     """Load weights, turning shape/key mismatches into a readable error (strict) or a report (not strict)."""
     own = model.state_dict()
-    wrong_shape = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    wrong_shape = [
+        k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)
+    ]
     if wrong_shape:
-        details = ", ".join(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong_shape[:5])
-        raise UserError(f"weights in {path} do not fit the model built from the config ({details}).")
+        details = ", ".join(
+            f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in wrong_shape[:5]
+        )
+        raise UserError(
+            f"weights in {path} do not fit the model built from the config ({details})."
+        )
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     if strict and (missing or unexpected):
@@ -63,6 +72,15 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, 
     batches = data.val if split == "val" else data.test
     if batches is None:
         fraction = "data.val_fraction" if split == "val" else "data.test_fraction"
-        raise UserError(f"the data has no {split} split; set {fraction} (or give x_{split}/y_{split} arrays) in the config.")
-    metrics = evaluate(model, batches, objective, Precision.create(cfg.trainer.precision, device), split)
-    return {"split": split, "checkpoint": str(checkpoint), "samples": batches.num_samples, **metrics}
+        raise UserError(
+            f"the data has no {split} split; set {fraction} (or give x_{split}/y_{split} arrays) in the config."
+        )
+    metrics = evaluate(
+        model, batches, objective, Precision.create(cfg.trainer.precision, device), split
+    )
+    return {
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "samples": batches.num_samples,
+        **metrics,
+    }

@@ -36,7 +36,9 @@ def resolve_loss_name(cfg: LossConfig, spec: DataSpec) -> str:
             "Use mse, l1 or huber, or store the targets as integers 0..C-1."
         )
     if name == "bce_with_logits" and spec.task == "classification" and spec.num_classes != 2:
-        raise ConfigError(f"loss.name bce_with_logits with class labels needs exactly 2 classes, found {spec.num_classes}; use cross_entropy.")
+        raise ConfigError(
+            f"loss.name bce_with_logits with class labels needs exactly 2 classes, found {spec.num_classes}; use cross_entropy."
+        )
     return name
 
 
@@ -59,7 +61,9 @@ class Objective:
             return ((output.reshape(-1) > 0).long() == target).sum()
         return (output.argmax(dim=-1) == target).sum()
 
-    def _align(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _align(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.binary:
             return output.reshape(-1), target.to(output.dtype)
         if self.task == "regression":
@@ -71,13 +75,19 @@ def build_objective(cfg: LossConfig, spec: DataSpec) -> Objective:
     name = resolve_loss_name(cfg, spec)
     weight = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
     if weight is not None and spec.num_classes is not None and len(weight) != spec.num_classes:
-        raise ConfigError(f"loss.class_weights has {len(weight)} values but the data has {spec.num_classes} classes.")
+        raise ConfigError(
+            f"loss.class_weights has {len(weight)} values but the data has {spec.num_classes} classes."
+        )
     loss_fn: nn.Module = {
-        "cross_entropy": lambda: nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+        "cross_entropy": lambda: nn.CrossEntropyLoss(
+            weight=weight, label_smoothing=cfg.label_smoothing
+        ),
         "nll": lambda: nn.NLLLoss(weight=weight),
         "mse": nn.MSELoss,
         "l1": nn.L1Loss,
         "huber": lambda: nn.HuberLoss(delta=cfg.huber_delta),
         "bce_with_logits": nn.BCEWithLogitsLoss,
     }[name]()
-    return Objective(name, loss_fn, spec.task, binary=name == "bce_with_logits" and spec.task == "classification")
+    return Objective(
+        name, loss_fn, spec.task, binary=name == "bce_with_logits" and spec.task == "classification"
+    )

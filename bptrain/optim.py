@@ -40,15 +40,30 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
 def build_optimizer(cfg: C.OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm)
     if isinstance(cfg, C.SGDOptimizer):  # also `momentum`
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening
+        )
     if isinstance(cfg, C.AdamOptimizer):
         cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-        return cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, amsgrad=cfg.amsgrad, fused=cfg.fused)
+        return cls(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, amsgrad=cfg.amsgrad, fused=cfg.fused
+        )
     if isinstance(cfg, C.RMSpropOptimizer):
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, centered=cfg.centered)
+        return torch.optim.RMSprop(
+            groups,
+            lr=cfg.lr,
+            alpha=cfg.alpha,
+            eps=cfg.eps,
+            momentum=cfg.momentum,
+            centered=cfg.centered,
+        )
     if isinstance(cfg, C.AdagradOptimizer):
         return torch.optim.Adagrad(
-            groups, lr=cfg.lr, lr_decay=cfg.lr_decay, eps=cfg.eps, initial_accumulator_value=cfg.initial_accumulator_value
+            groups,
+            lr=cfg.lr,
+            lr_decay=cfg.lr_decay,
+            eps=cfg.eps,
+            initial_accumulator_value=cfg.initial_accumulator_value,
         )
     if isinstance(cfg, C.LBFGSOptimizer):
         params = [p for g in groups for p in g["params"]]  # L-BFGS takes a single parameter group
@@ -82,11 +97,15 @@ def build_scheduler(
     if isinstance(cfg, C.StepScheduler):
         return lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma), "epoch"
     if isinstance(cfg, C.MultiStepScheduler):
-        return lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma), "epoch"
+        return lr_scheduler.MultiStepLR(
+            optimizer, milestones=cfg.milestones, gamma=cfg.gamma
+        ), "epoch"
     if isinstance(cfg, C.ExponentialScheduler):
         return lr_scheduler.ExponentialLR(optimizer, gamma=cfg.gamma), "epoch"
     if isinstance(cfg, C.CosineScheduler):
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.min_lr), "step"
+        return lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps, eta_min=cfg.min_lr
+        ), "step"
     if isinstance(cfg, C.OneCycleScheduler):
         return (
             lr_scheduler.OneCycleLR(
@@ -101,12 +120,23 @@ def build_scheduler(
             "step",
         )
     if isinstance(cfg, C.WarmupCosineScheduler):
-        factor = partial(warmup_cosine_factor, warmup_steps=cfg.warmup_steps, total_steps=total_steps, min_ratio=cfg.min_lr / base_lr)
+        factor = partial(
+            warmup_cosine_factor,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=total_steps,
+            min_ratio=cfg.min_lr / base_lr,
+        )
         return lr_scheduler.LambdaLR(optimizer, factor), "step"
     if isinstance(cfg, C.PlateauScheduler):
         return (
             lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=cfg.mode, factor=cfg.factor, patience=cfg.patience, threshold=cfg.threshold, cooldown=cfg.cooldown, min_lr=cfg.min_lr
+                optimizer,
+                mode=cfg.mode,
+                factor=cfg.factor,
+                patience=cfg.patience,
+                threshold=cfg.threshold,
+                cooldown=cfg.cooldown,
+                min_lr=cfg.min_lr,
             ),
             "validation",
         )

@@ -64,7 +64,10 @@ class ConsoleProgress:
         elif self.mode == "plain" and metrics is not None:
             elapsed = time.perf_counter() - self.start
             rate = step / elapsed if elapsed > 0 else 0.0
-            print(f"[train] epoch {epoch} step {step}/{self.total_steps} {format_metrics(metrics)} ({rate:.1f} steps/s)", flush=True)
+            print(
+                f"[train] epoch {epoch} step {step}/{self.total_steps} {format_metrics(metrics)} ({rate:.1f} steps/s)",
+                flush=True,
+            )
 
     def epoch_end(self, epoch: int, step: int, metrics: dict[str, Any]) -> None:
         if self.mode == "off":

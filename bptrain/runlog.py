@@ -55,13 +55,19 @@ class RunLog:
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
 
-    def log(self, kind: str, step: int, metrics: dict[str, Any], tb_only: dict[str, float] | None = None) -> None:
+    def log(
+        self, kind: str, step: int, metrics: dict[str, Any], tb_only: dict[str, float] | None = None
+    ) -> None:
         record = {"type": kind, "step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             for key, value in {**metrics, **(tb_only or {})}.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("step", "epoch"):
+                if (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and key not in ("step", "epoch")
+                ):
                     self.tb.add_scalar(key, value, step)
 
     def close(self) -> None:

@@ -33,10 +33,16 @@ def resolve_device(name: str) -> torch.device:
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"trainer.device is {name} but only {torch.cuda.device_count()} CUDA device(s) exist.")
+            raise UserError(
+                f"trainer.device is {name} but only {torch.cuda.device_count()} CUDA device(s) exist."
+            )
         return device
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("trainer.device is mps but MPS is not available on this machine. Use trainer.device=auto.")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UserError(
+            "trainer.device is mps but MPS is not available on this machine. Use trainer.device=auto."
+        )
     return torch.device(name)
 
 

@@ -16,14 +16,32 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def print_run_header(console: Console, run_dir: Path, model: nn.Module, data: Any, device: Any, cfg: Any, total_steps: int, resumed_from: Path | None) -> None:
+def print_run_header(
+    console: Console,
+    run_dir: Path,
+    model: nn.Module,
+    data: Any,
+    device: Any,
+    cfg: Any,
+    total_steps: int,
+    resumed_from: Path | None,
+) -> None:
     total, trainable = count_parameters(model)
     spec = data.spec
-    task = f"{spec.num_classes}-class classification" if spec.task == "classification" else f"regression to {spec.target_shape}"
-    sizes = f"train {data.train.num_samples}" + "".join(
-        f", {name} {split.num_samples}" for name, split in (("val", data.val), ("test", data.test)) if split is not None
+    task = (
+        f"{spec.num_classes}-class classification"
+        if spec.task == "classification"
+        else f"regression to {spec.target_shape}"
     )
-    console.print(f"[bold]run directory[/bold] {run_dir}" + (f"  (resumed from {resumed_from})" if resumed_from else ""))
+    sizes = f"train {data.train.num_samples}" + "".join(
+        f", {name} {split.num_samples}"
+        for name, split in (("val", data.val), ("test", data.test))
+        if split is not None
+    )
+    console.print(
+        f"[bold]run directory[/bold] {run_dir}"
+        + (f"  (resumed from {resumed_from})" if resumed_from else "")
+    )
     console.print(
         f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes} | "
         f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters | "
@@ -41,7 +59,11 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(key, _fmt(final.get(key)), _fmt(best.get(key)))
     for key, value in (summary.get("test") or {}).items():
         table.add_row(key, _fmt(value), "")
-    table.add_row("epochs / steps", f"{summary['epochs']} / {summary['steps']}", f"epoch {best['epoch']}" if best else "")
+    table.add_row(
+        "epochs / steps",
+        f"{summary['epochs']} / {summary['steps']}",
+        f"epoch {best['epoch']}" if best else "",
+    )
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s", "")
     console.print(table)
     console.print(f"wrote {summary['run_dir']}/summary.json")

@@ -84,7 +84,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         total_steps = min(total_steps, cfg.trainer.max_steps)
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, total_steps)
     precision = Precision.create(cfg.trainer.precision, device)
-    forward = torch.compile(model) if cfg.trainer.compile else model  # checkpoints save `model`, never the compiled wrapper
+    forward = (
+        torch.compile(model) if cfg.trainer.compile else model
+    )  # checkpoints save `model`, never the compiled wrapper
 
     state = Progress()
     checkpoint_path = _resume_path(cfg, resume)
@@ -95,10 +97,14 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         run_dir = create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run")
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     log = RunLog(run_dir, cfg.logging.tensorboard)
-    print_run_header(console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path)
+    print_run_header(
+        console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
+    )
 
     def save_last() -> None:
-        state_dict = _checkpoint_state(cfg, data.spec, model, optimizer, scheduler, precision, state)
+        state_dict = _checkpoint_state(
+            cfg, data.spec, model, optimizer, scheduler, precision, state
+        )
         save_checkpoint(state_dict, run_dir / "checkpoints" / "last.pt")
 
     # ------------------------------------------------------------------ train
@@ -115,7 +121,13 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                 for window in _windows(data.train, accumulate, skip=state.batch_in_epoch):
                     log_now = (state.step + 1) % cfg.logging.log_every_n_steps == 0
                     window_loss, window_samples, grad_norm = train_step(
-                        forward, window, objective, optimizer, precision, cfg, measure_grad_norm=log_now
+                        forward,
+                        window,
+                        objective,
+                        optimizer,
+                        precision,
+                        cfg,
+                        measure_grad_norm=log_now,
                     )
                     epoch_loss += window_loss.double() * window_samples
                     state.epoch_samples += window_samples
@@ -133,13 +145,22 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                     if stop.signum is not None or state.step >= total_steps:
                         break
                 state.epoch_loss_sum = float(epoch_loss)
-                if stop.signum is not None:  # mid-epoch: save where we are, resume continues from here
+                if (
+                    stop.signum is not None
+                ):  # mid-epoch: save where we are, resume continues from here
                     save_last()
-                    log.log("event", state.step, {"event": "interrupted", "signal": signal.Signals(stop.signum).name})
+                    log.log(
+                        "event",
+                        state.step,
+                        {"event": "interrupted", "signal": signal.Signals(stop.signum).name},
+                    )
                     raise Interrupted(stop.signum, run_dir)
 
                 # -------------------------------------------------- end of epoch
-                epoch_metrics = {"epoch": state.epoch + 1, "train/loss": state.epoch_loss_sum / max(state.epoch_samples, 1)}
+                epoch_metrics = {
+                    "epoch": state.epoch + 1,
+                    "train/loss": state.epoch_loss_sum / max(state.epoch_samples, 1),
+                }
                 if not math.isfinite(epoch_metrics["train/loss"]):
                     last_good = run_dir / "checkpoints" / "last.pt"
                     raise TrainingError(
@@ -150,7 +171,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                 state.epoch += 1
                 state.batch_in_epoch, state.epoch_loss_sum, state.epoch_samples = 0, 0.0, 0
                 last_epoch = state.epoch >= cfg.trainer.max_epochs or state.step >= total_steps
-                if data.val is not None and (state.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch):
+                if data.val is not None and (
+                    state.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
+                ):
                     epoch_metrics.update(evaluate(model, data.val, objective, precision, "val"))
                     _track_best(state, epoch_metrics)
                     if scheduler is not None and schedule_interval == "validation":
@@ -171,7 +194,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         progress.close()
 
     # ------------------------------------------------------------------ finish
-    test_metrics = evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
+    test_metrics = (
+        evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
+    )
     if test_metrics:
         log.log("test", state.step, test_metrics)
     summary = {
@@ -181,9 +206,14 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         "steps": state.step,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "final": epoch_metrics,
-        "best": None if state.best_epoch is None else {"epoch": state.best_epoch, "monitor": "val/loss", **(state.best_metrics or {})},
+        "best": None
+        if state.best_epoch is None
+        else {"epoch": state.best_epoch, "monitor": "val/loss", **(state.best_metrics or {})},
         "test": test_metrics,
-        "params": {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+        "params": {
+            "total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        },
         "device": str(device),
         "precision": cfg.trainer.precision,
         "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
@@ -239,7 +269,9 @@ def train_step(
         return loss, window_samples, norms[0]  # type: ignore[return-value]
 
     loss = forward_backward()
-    scaler.unscale_(optimizer)  # true gradients from here on: the norm and the clipping see real values
+    scaler.unscale_(
+        optimizer
+    )  # true gradients from here on: the norm and the clipping see real values
     grad_norm = clip_and_measure(model, cfg, measure_grad_norm)
     scaler.step(optimizer)
     scaler.update()
@@ -254,12 +286,17 @@ def clip_and_measure(model: nn.Module, cfg: Config, measure: bool) -> torch.Tens
     norm = None
     if clip is not None and clip.max_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None], clip.max_norm, norm_type=clip.norm_type, foreach=True
+            [p for p in model.parameters() if p.grad is not None],
+            clip.max_norm,
+            norm_type=clip.norm_type,
+            foreach=True,
         )
     elif measure and grads:
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
     if clip is not None and clip.max_value is not None:
-        torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.grad is not None], clip.max_value, foreach=True)
+        torch.nn.utils.clip_grad_value_(
+            [p for p in model.parameters() if p.grad is not None], clip.max_value, foreach=True
+        )
     return norm
 
 
@@ -277,14 +314,31 @@ def _windows(batches: Batches, size: int, skip: int):
         yield window
 
 
-def _step_metrics(state: Progress, loss: torch.Tensor, grad_norm: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    values = torch.stack([loss.float(), (grad_norm if grad_norm is not None else torch.full_like(loss, math.nan)).float()]).tolist()
-    return {"epoch": state.epoch + 1, "train/loss": values[0], "lr": optimizer.param_groups[0]["lr"], "grad_norm": values[1]}
+def _step_metrics(
+    state: Progress,
+    loss: torch.Tensor,
+    grad_norm: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    values = torch.stack(
+        [
+            loss.float(),
+            (grad_norm if grad_norm is not None else torch.full_like(loss, math.nan)).float(),
+        ]
+    ).tolist()
+    return {
+        "epoch": state.epoch + 1,
+        "train/loss": values[0],
+        "lr": optimizer.param_groups[0]["lr"],
+        "grad_norm": values[1],
+    }
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:
     if key not in metrics:
-        raise UserError(f"the monitored metric '{key}' is not logged; available: {', '.join(sorted(metrics))}.")
+        raise UserError(
+            f"the monitored metric '{key}' is not logged; available: {', '.join(sorted(metrics))}."
+        )
     return metrics[key]
 
 
@@ -327,7 +381,9 @@ class _StopFlag:
         return _StopFlag._Installed(self)
 
 
-def _checkpoint_state(cfg, spec, model, optimizer, scheduler, precision, state: Progress) -> dict[str, Any]:
+def _checkpoint_state(
+    cfg, spec, model, optimizer, scheduler, precision, state: Progress
+) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -336,7 +392,12 @@ def _checkpoint_state(cfg, spec, model, optimizer, scheduler, precision, state: 
         "progress": asdict(state),
         "rng": rng_state(),
         "config": to_dict(cfg),
-        "data_spec": {"task": spec.task, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes, "target_shape": list(spec.target_shape)},
+        "data_spec": {
+            "task": spec.task,
+            "input_shape": list(spec.input_shape),
+            "num_classes": spec.num_classes,
+            "target_shape": list(spec.target_shape),
+        },
         "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
     }
 
@@ -353,7 +414,9 @@ def _resume_path(cfg: Config, resume: str | None) -> Path | None:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise UserError(f"--resume {resume}: no checkpoint there. Give a last.pt file, a run directory, or 'auto'.")
+        raise UserError(
+            f"--resume {resume}: no checkpoint there. Give a last.pt file, a run directory, or 'auto'."
+        )
     return path
 
 

@@ -54,7 +54,12 @@ class _Sharded:
         even_shards: bool,
     ) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size, self.even_shards = seed, rank, world_size, even_shards
+        self.seed, self.rank, self.world_size, self.even_shards = (
+            seed,
+            rank,
+            world_size,
+            even_shards,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -98,7 +103,10 @@ class TensorBatches(_Sharded):
             order = order.to(self.x.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             if contiguous:  # a view, no copy
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
             else:
                 index = order[start : start + self.batch_size]
                 yield self.x.index_select(0, index), self.y.index_select(0, index)
@@ -107,7 +115,9 @@ class TensorBatches(_Sharded):
 class DataLoaderBatches(_Sharded):
     """A torch DataLoader (workers, pinned memory) over the same per-epoch order."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_workers: int, pin_memory: bool, **kwargs: object) -> None:
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, num_workers: int, pin_memory: bool, **kwargs: object
+    ) -> None:
         super().__init__(len(x), **kwargs)  # type: ignore[arg-type]
         self.dataset = TensorDataset(x, y)
         self.num_workers, self.pin_memory = num_workers, pin_memory

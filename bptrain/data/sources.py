@@ -45,7 +45,9 @@ def read_source(cfg: object, seed: int) -> Splits:
     if isinstance(cfg, MoonsData):
         return Splits(synthetic.moons(cfg.n_samples, cfg.noise, rng))
     if isinstance(cfg, BlobsData):
-        return Splits(synthetic.blobs(cfg.n_samples, cfg.n_classes, cfg.n_features, cfg.cluster_std, rng))
+        return Splits(
+            synthetic.blobs(cfg.n_samples, cfg.n_classes, cfg.n_features, cfg.cluster_std, rng)
+        )
     if isinstance(cfg, XorData):
         return Splits(synthetic.xor(cfg.n_samples, cfg.noise, rng))
     if isinstance(cfg, SineData):
@@ -61,7 +63,10 @@ def read_source(cfg: object, seed: int) -> Splits:
 
 def read_digits(flatten: bool) -> Arrays:
     """UCI optical digits (the set scikit-learn ships), bundled as bptrain/data/digits.npz (45 KB)."""
-    with resources.files("bptrain.data").joinpath("digits.npz").open("rb") as handle, np.load(handle) as arrays:
+    with (
+        resources.files("bptrain.data").joinpath("digits.npz").open("rb") as handle,
+        np.load(handle) as arrays,
+    ):
         x = arrays["x"].astype(np.float32) / 16.0
         y = arrays["y"].astype(np.int64)
     return (x if flatten else x.reshape(-1, 1, 8, 8)), y
@@ -69,7 +74,9 @@ def read_digits(flatten: bool) -> Arrays:
 
 def _check_file(path: Path, key: str) -> None:
     if not path.exists():
-        raise UserError(f"{key}: file not found: {path} (relative paths are resolved from {Path.cwd()})")
+        raise UserError(
+            f"{key}: file not found: {path} (relative paths are resolved from {Path.cwd()})"
+        )
     if not path.is_file():
         raise UserError(f"{key}: not a file: {path}")
 
@@ -81,7 +88,9 @@ def read_npz(path: Path) -> Splits:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except ValueError as err:
-        raise UserError(f"data.path {path}: cannot read arrays ({err}). Object arrays are refused; save numeric arrays.") from None
+        raise UserError(
+            f"data.path {path}: cannot read arrays ({err}). Object arrays are refused; save numeric arrays."
+        ) from None
     except (OSError, EOFError) as err:
         raise UserError(f"data.path {path}: not a readable .npz file ({err}).") from None
     missing = [name for name in ("x", "y") if name not in arrays]
@@ -94,7 +103,9 @@ def read_npz(path: Path) -> Splits:
     def pair(suffix: str) -> Arrays | None:
         xs, ys = f"x{suffix}", f"y{suffix}"
         if (xs in arrays) != (ys in arrays):
-            raise UserError(f"data.path {path}: has {xs if xs in arrays else ys} without {ys if xs in arrays else xs}; give both or neither.")
+            raise UserError(
+                f"data.path {path}: has {xs if xs in arrays else ys} without {ys if xs in arrays else xs}; give both or neither."
+            )
         if xs not in arrays:
             return None
         x, y = arrays[xs], arrays[ys]
@@ -115,13 +126,17 @@ def read_csv(path: Path, target: str, task: str) -> Arrays:
     if target not in header:
         close = difflib.get_close_matches(target, header, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"data.target '{target}' is not a column of {path}.{hint} Columns: {', '.join(header)}.")
+        raise UserError(
+            f"data.target '{target}' is not a column of {path}.{hint} Columns: {', '.join(header)}."
+        )
     t = header.index(target)
     features = [i for i in range(len(header)) if i != t]
     x = np.empty((len(body), len(features)), dtype=np.float32)
     for line, row in enumerate(body, start=2):
         if len(row) != len(header):
-            raise UserError(f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}.")
+            raise UserError(
+                f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}."
+            )
         for j, col in enumerate(features):
             try:
                 x[line - 2, j] = float(row[col])
@@ -139,13 +154,17 @@ def _csv_targets(labels: list[str], task: str, path: Path) -> np.ndarray:
         values = np.array([float(v) for v in labels], dtype=np.float64)
     except ValueError:
         if task == "regression":
-            raise UserError(f"data.path {path}: data.task is regression but the target column has non-numeric values.") from None
+            raise UserError(
+                f"data.path {path}: data.task is regression but the target column has non-numeric values."
+            ) from None
         names = sorted(set(labels))  # string labels become class indices in sorted order
         lookup = {name: i for i, name in enumerate(names)}
         return np.array([lookup[v] for v in labels], dtype=np.int64)
     integral = bool(np.all(values == np.round(values))) and values.min() >= 0
     if task == "classification" or (task == "auto" and integral):
         if not integral:
-            raise UserError(f"data.path {path}: data.task is classification but the targets are not non-negative integers.")
+            raise UserError(
+                f"data.path {path}: data.task is classification but the targets are not non-negative integers."
+            )
         return values.astype(np.int64)
     return values.astype(np.float32)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def spirals(n_samples: int, n_classes: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def spirals(
+    n_samples: int, n_classes: int, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Interleaved spiral arms: not linearly separable, needs a nonlinear network."""
     y = np.arange(n_samples) % n_classes
     radius = rng.uniform(0.05, 1.0, n_samples)
@@ -50,7 +52,9 @@ def xor(n_samples: int, noise: float, rng: np.random.Generator) -> tuple[np.ndar
     return x.astype(np.float32), y
 
 
-def sine(n_samples: int, noise: float, periods: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sine(
+    n_samples: int, noise: float, periods: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Regression of y = sin(x) + noise over `periods` periods."""
     x = rng.uniform(-np.pi * periods, np.pi * periods, (n_samples, 1))
     y = np.sin(x) + rng.normal(0.0, noise, x.shape)

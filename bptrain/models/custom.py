@@ -34,13 +34,17 @@ def import_class(class_path: str) -> type:
             f"It must be importable from the current directory ({cwd}) or PYTHONPATH."
         ) from None
     except Exception as err:  # the user's module itself failed while importing
-        raise UserError(f"model.class_path '{class_path}': importing '{module_name}' failed: {type(err).__name__}: {err}") from None
+        raise UserError(
+            f"model.class_path '{class_path}': importing '{module_name}' failed: {type(err).__name__}: {err}"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
         names = [n for n, v in vars(module).items() if isinstance(v, type)]
         close = difflib.get_close_matches(class_name, names, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"model.class_path '{class_path}': module '{module_name}' has no class '{class_name}'.{hint}")
+        raise UserError(
+            f"model.class_path '{class_path}': module '{module_name}' has no class '{class_name}'.{hint}"
+        )
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise UserError(f"model.class_path '{class_path}' is not a torch.nn.Module subclass.")
     return cls
@@ -56,7 +60,9 @@ def build_custom(cfg: CustomModel) -> nn.Module:
         ) from None
 
 
-def check_fits_data(model: nn.Module, sample: torch.Tensor, expected_out: tuple[int, ...], class_path: str) -> None:
+def check_fits_data(
+    model: nn.Module, sample: torch.Tensor, expected_out: tuple[int, ...], class_path: str
+) -> None:
     """Run one forward pass on two samples; name the layer and shapes when it fails."""
     stack: list[str] = []
     failed: list[tuple[str, nn.Module, tuple[int, ...]]] = []
@@ -98,7 +104,9 @@ def check_fits_data(model: nn.Module, sample: torch.Tensor, expected_out: tuple[
             handle.remove()
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
-        raise UserError(f"model.class_path '{class_path}': forward must return a tensor, got {type(out).__name__}.")
+        raise UserError(
+            f"model.class_path '{class_path}': forward must return a tensor, got {type(out).__name__}."
+        )
     if tuple(out.shape[1:]) != expected_out:
         raise UserError(
             f"model.class_path '{class_path}' returns shape {tuple(out.shape)} for a batch of {tuple(sample.shape)}, "

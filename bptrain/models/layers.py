@@ -33,7 +33,13 @@ def norm_1d(name: str, width: int) -> nn.Module | None:
     return None
 
 
-def init_weights(module: nn.Module, scheme: str, activation_name: str, gain: float = 1.0, leaky_relu_slope: float = 0.01) -> None:
+def init_weights(
+    module: nn.Module,
+    scheme: str,
+    activation_name: str,
+    gain: float = 1.0,
+    leaky_relu_slope: float = 0.01,
+) -> None:
     """Initialise every Linear/Conv weight by `scheme` (times `gain`); biases start at zero.
 
     Kaiming uses the ReLU gain (sigma_w^2 = 2 / fan_in), or the leaky-ReLU gain for leaky_relu; with
