@@ -245,13 +245,18 @@ def train_step(
     scaler = precision.scaler
 
     def forward_backward() -> torch.Tensor:
-        total = torch.zeros((), device=device)
+        total: torch.Tensor | None = None
         for x, y in window:
             with precision.autocast():
-                loss = objective.loss(model(x), y) * (len(x) / window_samples)
+                loss = objective.loss(model(x), y)
+                if (
+                    len(x) != window_samples
+                ):  # weight only when accumulating: x * 1.0 is x, minus an op
+                    loss = loss * (len(x) / window_samples)
             scaler.scale(loss).backward()
-            total += loss.detach().float()
-        return total
+            part = loss.detach().float()
+            total = part if total is None else total + part
+        return total  # type: ignore[return-value]
 
     if isinstance(optimizer, torch.optim.LBFGS):
         # L-BFGS re-evaluates the loss several times per step, so the whole window runs inside a closure.
@@ -282,7 +287,6 @@ def train_step(
 def clip_and_measure(model: nn.Module, cfg: Config, measure: bool) -> torch.Tensor | None:
     """Clip as configured; return the pre-clip total L2 norm (or the configured p-norm) when known or asked for."""
     clip = cfg.trainer.grad_clip
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
     norm = None
     if clip is not None and clip.max_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(
@@ -291,8 +295,10 @@ def clip_and_measure(model: nn.Module, cfg: Config, measure: bool) -> torch.Tens
             norm_type=clip.norm_type,
             foreach=True,
         )
-    elif measure and grads:
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    elif measure:  # the norm is a pass over every gradient: only at log steps
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
     if clip is not None and clip.max_value is not None:
         torch.nn.utils.clip_grad_value_(
             [p for p in model.parameters() if p.grad is not None], clip.max_value, foreach=True
