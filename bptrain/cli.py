@@ -21,15 +21,20 @@ import typer
 
 from bptrain.errors import EXIT_TRAINING_FAILED, EXIT_USAGE, TrainingError, UserError
 
+# Plain (click-style) help: Typer's rich help imports rich and markdown-it on every --help and
+# doubles its start-up time (about 0.09 s vs 0.19 s of CPU on a 2-core EPYC); the text is the same.
 app = typer.Typer(
     name="bptrain",
     help="Train PyTorch models from YAML configs, and see how backpropagation flows through them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = typer.Typer(help="Inspect and check config files.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Inspect and check config files.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(config_app, name="config")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]

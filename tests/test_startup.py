@@ -1,0 +1,87 @@
+"""Start-up stays light: the help and config commands never import torch (behaviour, not timing).
+
+Each case runs the CLI in a fresh interpreter and reports which heavy modules ended up in
+``sys.modules``; the timings themselves live in scripts/bench.py and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "pydantic", "rich", "tensorboard", "numpy", "yaml")
+
+PROBE = """
+import json, sys
+heavy = json.loads(sys.argv[2])
+sys.argv = ["bptrain", *json.loads(sys.argv[1])]
+from bptrain.cli import app
+try:
+    app()
+except SystemExit as stop:
+    code = stop.code
+else:
+    code = 0
+loaded = sorted({name.split(".")[0] for name in sys.modules} & set(heavy))
+sys.stderr.write("PROBE " + json.dumps({"code": code, "loaded": loaded}) + "\\n")
+"""
+
+
+def imported_by(*args: str) -> tuple[int, set[str]]:
+    """Run `bptrain ARGS` in a new interpreter; return (exit code, heavy top-level modules imported)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
+    assert lines, f"the probe did not finish:\n{result.stderr[-2000:]}"
+    report = json.loads(lines[-1][len("PROBE ") :])
+    return report["code"] or 0, set(report["loaded"])
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text("data: {source: moons}\nmodel: {hidden: [8]}\n", encoding="utf-8")
+    return path
+
+
+def test_top_level_help_imports_neither_torch_nor_pydantic_nor_rich():
+    code, loaded = imported_by("--help")
+    assert code == 0
+    assert loaded.isdisjoint({"torch", "pydantic", "rich", "tensorboard", "numpy"}), loaded
+
+
+@pytest.mark.parametrize("command", [["fit"], ["eval"], ["grad-inspect"], ["config"]])
+def test_command_help_never_imports_torch(command: list[str]):
+    code, loaded = imported_by(*command, "--help")
+    assert code == 0
+    assert "torch" not in loaded and "tensorboard" not in loaded, loaded
+
+
+def test_config_validate_and_show_never_import_torch(config_file: Path):
+    for command in (["config", "validate"], ["config", "show"]):
+        code, loaded = imported_by(*command, str(config_file))
+        assert code == 0, command
+        assert "pydantic" in loaded  # the probe sees real work being done
+        assert "torch" not in loaded and "numpy" not in loaded, (command, loaded)
+
+
+def test_config_schema_never_imports_torch():
+    code, loaded = imported_by("config", "schema")
+    assert code == 0
+    assert "torch" not in loaded, loaded
+
+
+def test_a_bad_config_is_reported_without_importing_torch(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {source: moons}\ntrainer: {max_epochs: 0}\n", encoding="utf-8")
+    code, loaded = imported_by("config", "validate", str(bad))
+    assert code == 2
+    assert "torch" not in loaded, loaded
