@@ -336,6 +336,103 @@ def inprocess_steady(
     )
 
 
+def lockstep(settings: Settings, config: Path) -> list[Row]:
+    """bptrain's ``train_step`` and a hand-written step, alternating step by step.
+
+    Two identical models train side by side on the same batches; every step of one is timed
+    right after a step of the other, so both see the same load, and the medians over hundreds
+    of steps resolve differences of a few microseconds. The second pair of rows adds what a
+    log step adds in ``fit`` (the gradient norm, the step record in metrics.jsonl).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from bptrain.config import load_config
+    from bptrain.data import build_data
+    from bptrain.losses import build_objective
+    from bptrain.models import build_model
+    from bptrain.optim import build_optimizer
+    from bptrain.runlog import RunLog
+    from bptrain.runtime import Precision
+    from bptrain.train import _step_metrics, train_step
+
+    cfg = load_config(config, ["trainer.device=cpu"])
+    device = torch.device("cpu")
+    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    objective = build_objective(cfg.loss, data.spec)
+    precision = Precision.create("32", device)
+
+    def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.spec, objective.name)
+        return model, build_optimizer(cfg.optimizer, model)
+
+    (ours, our_opt), (theirs, their_opt) = setup(), setup()
+    out = settings.work / "lockstep"
+    out.mkdir(exist_ok=True)
+    log = RunLog(out, tensorboard=False)
+    progress = type("P", (), {"epoch": 0})()
+
+    def bptrain_step(x: torch.Tensor, y: torch.Tensor, logged: bool) -> float:
+        start = time.perf_counter()
+        loss, _, norm = train_step(ours, [(x, y)], objective, our_opt, precision, cfg, logged)
+        if logged:
+            log.log("step", 1, _step_metrics(progress, loss, norm, our_opt))
+        return time.perf_counter() - start
+
+    def hand_step(x: torch.Tensor, y: torch.Tensor) -> float:
+        start = time.perf_counter()
+        loss = F.cross_entropy(theirs(x), y)
+        loss.backward()
+        their_opt.step()
+        their_opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"bptrain": [], "hand": [], "logged": [], "plain": []}
+    steps = settings.pick(1500, 500)
+    batches = iter(())
+    for i in range(steps + 50):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            data.train.set_epoch(i)
+            batches = iter(data.train)
+            x, y = next(batches)
+        if i % 2:  # which of a pair goes first alternates
+            mine, hand = bptrain_step(x, y, False), hand_step(x, y)
+            logged, plain = bptrain_step(x, y, True), bptrain_step(x, y, False)
+        else:
+            hand, mine = hand_step(x, y), bptrain_step(x, y, False)
+            plain, logged = bptrain_step(x, y, False), bptrain_step(x, y, True)
+        if i >= 50:  # warm-up: optimizer state, allocator
+            for key, value in zip(times, (mine, hand, logged, plain), strict=True):
+                times[key].append(value)
+    log.close()
+    us = {k: median(v) * 1e6 for k, v in times.items()}
+    return [
+        Row(
+            "step",
+            f"train_step vs hand-written step ({steps} lockstep pairs)",
+            us["bptrain"],
+            us["hand"],
+            "us",
+            "<= 1.03",
+            us["bptrain"] / us["hand"] <= 1.03,
+            note="the optimizer step, forward and backward of the MLP, nothing else",
+        ),
+        Row(
+            "step",
+            "log step (grad norm + metrics.jsonl line) vs plain step",
+            us["logged"],
+            us["plain"],
+            "us",
+            "<= 1.03",
+            us["logged"] / us["plain"] <= 1.03,
+            note=f"+{us['logged'] - us['plain']:.0f} us per logged step",
+        ),
+    ]
+
+
 def overhead(settings: Settings, config: Path, data: Path, epochs: int, device: str) -> list[Row]:
     """Benchmark 1 and its budget: whole process within 5%, steady-state step within 3%."""
     rows = compare_training(
@@ -828,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections: overhead,cnn,data,logging,startup,checkpoint,gpu",
+        help="comma-separated sections: overhead,step,cnn,data,logging,startup,checkpoint,gpu",
     )
     parser.add_argument(
         "--markdown", type=Path, help="also write the table (with the machine line) here"
@@ -882,6 +979,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[{name}: {time.perf_counter() - t:.0f} s]\n{table(new)}", flush=True)
 
     section("overhead", lambda: overhead(settings, mlp, data["mlp"], mlp_epochs, device))
+    section("step", lambda: lockstep(settings, mlp))
     section(
         "cnn",
         lambda: compare_training(
