@@ -1,7 +1,7 @@
 """Benchmarks: bptrain against an equivalent hand-written PyTorch loop, in one command.
 
-    python scripts/bench.py            # the full table, a few minutes on 2 CPU cores
-    python scripts/bench.py --quick    # about a minute, fewer steps and repetitions
+    python scripts/bench.py            # the full table, 3-4 minutes on 2 CPU cores
+    python scripts/bench.py --quick    # about 75 s, fewer steps and repetitions
     python scripts/bench.py --markdown results.md --json results.json
 
 Every comparison runs both sides in the same invocation, alternating (A B, B A, ...) over
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
-ROOT = SCRIPTS.parent
 
 
 @dataclass
