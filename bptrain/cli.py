@@ -90,11 +90,9 @@ def fit(
         try:
             run_fit(cfg, Console(), resume=resume)
         except Interrupted as stop:
-            _stderr_console().print(
-                f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
-                f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
-            )
-            raise typer.Exit(128 + int(stop.signum)) from None
+            command = " ".join(["bptrain fit", str(config), *(overrides or [])])
+            _stderr_console().print(_escape(stop.hint(command)), soft_wrap=True)
+            raise typer.Exit(stop.exit_code) from None
 
     _guarded(run)
 

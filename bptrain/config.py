@@ -182,7 +182,9 @@ class MLPModel(Section):
     leaky_relu_slope: float = Field(0.01, gt=0.0, lt=1.0)
     """Negative slope of leaky_relu."""
     init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
+    init_strict: bool = True
+    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name patterns (fnmatch, e.g. `net.0.*`) to freeze."""
 
@@ -193,7 +195,9 @@ class CustomModel(Section):
     init_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the class's constructor."""
     init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
+    init_strict: bool = True
+    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name patterns (fnmatch, e.g. `encoder.*`) to freeze."""
 
@@ -453,6 +457,46 @@ class GradClip(Section):
         return self
 
 
+class CheckpointConfig(Section):
+    """What goes under <run>/checkpoints/ and when (see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric that ranks checkpoints (best.pt, top-k files) and summary.json's `best`, e.g. val/loss or val/acc."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values of `monitor` are better."""
+    save_top_k: int = Field(0, ge=-1)
+    """Keep the k best checkpoints as epoch=E-step=S-<monitor>=V.pt files (0: none besides best.pt, -1: every validation)."""
+    save_best: bool = True
+    """Maintain best.pt (+ best.safetensors): the checkpoint with the best `monitor` value so far."""
+    save_last: bool = True
+    """Write last.pt (what --resume continues from). Turning it off makes runs impossible to resume."""
+    every_n_epochs: int = Field(1, ge=1)
+    """Write last.pt every N epochs (always also after the final epoch and on a stop signal)."""
+    every_n_steps: int | None = Field(None, ge=1)
+    """Also write last.pt every N optimizer steps, mid-epoch (for long epochs and preemptible jobs)."""
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when `monitor` stops improving (Keras/Lightning semantics; see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric to watch; checked after each validation (or each epoch for train/* metrics)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values are better."""
+    patience: int = Field(3, ge=0)
+    """Validations in a row without improvement before stopping (counts validations, not epochs)."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """An improvement must beat the best value by more than this (strictly). Negative values are refused."""
+    baseline: float | None = None
+    """The wait counter only resets once the metric beats this value (Keras `baseline`)."""
+    start_from_epoch: int = Field(0, ge=0)
+    """Ignore the validations of the first N epochs (warm-up)."""
+    restore_best_weights: bool = False
+    """At the end of the run (early stop or max_epochs/max_steps), load the weights of the best validation before testing and exporting."""
+    check_finite: bool = True
+    """Stop at once when the monitored value is NaN or infinite (Lightning); false counts it as no improvement (Keras)."""
+
+
 class TrainerConfig(Section):
     max_epochs: int = Field(10, ge=1)
     """Stop after this many epochs."""
@@ -472,6 +516,14 @@ class TrainerConfig(Section):
     """Use deterministic algorithms (slower on GPU; CPU runs are reproducible anyway)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoint files and cadence."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when a metric stops improving; null (default) trains to max_epochs/max_steps."""
+    nan_policy: Literal["stop", "skip", "ignore"] = "stop"
+    """On a non-finite loss or gradient: stop (write nan_report.json, keep the last good checkpoint, exit 1), skip the optimizer step (at most max_skipped_steps times), or ignore."""
+    max_skipped_steps: int = Field(10, ge=0)
+    """With nan_policy skip: stop (as `stop` does) once more steps than this were skipped in the run."""
 
     @field_validator("precision", mode="before")
     @classmethod

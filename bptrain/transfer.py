@@ -1,0 +1,55 @@
+"""Transfer learning: start from saved weights (``model.init_from``) and freeze parameters (``model.freeze``)."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from bptrain.errors import UserError
+from bptrain.inference import load_into, load_weights
+
+
+def init_from(model: nn.Module, path: Path, strict: bool) -> dict[str, Any]:
+    """Load weights from a bptrain checkpoint, a bare state_dict or a .safetensors file.
+
+    Strict (the default) refuses any missing or unexpected key; not strict loads the keys
+    that match and reports the others. Shapes must always match. The file is read with
+    ``weights_only=True`` (or as safetensors), so it cannot run code.
+    """
+    missing, unexpected = load_into(model, load_weights(path), path, strict=strict)
+    return {"path": str(path), "strict": strict, "missing": missing, "unexpected": unexpected}
+
+
+def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Set requires_grad=False on every parameter whose name matches one of the fnmatch patterns."""
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise UserError(
+                f"model.freeze pattern '{pattern}' matches no parameter. Parameter names: "
+                f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+            )
+    frozen = []
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            param.requires_grad_(False)
+            frozen.append(name)
+    if frozen and len(frozen) == len(names):
+        raise UserError("model.freeze freezes every parameter: nothing would train.")
+    return frozen
+
+
+def describe_init(report: dict[str, Any]) -> str:
+    """One console line: what init_from loaded, and what it could not match (not strict)."""
+    line = f"initialised weights from {report['path']}"
+    if report["missing"] or report["unexpected"]:
+        line += (
+            f" (not strict: {len(report['missing'])} missing keys kept their initialisation: "
+            f"{', '.join(report['missing'][:6]) or 'none'}; "
+            f"{len(report['unexpected'])} unexpected keys ignored: "
+            f"{', '.join(report['unexpected'][:6]) or 'none'})"
+        )
+    return line
