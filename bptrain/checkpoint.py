@@ -124,11 +124,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
         raise UserError(
-            f"refusing to load {path}: it contains Python objects that are not plain weights ({first_line}). "
-            "bptrain loads checkpoints with weights_only=True so a file cannot run code; only load files you trust, "
-            "and re-save them as a plain state_dict."
+            f"refusing to load {path}: it contains Python objects that are not plain weights "
+            f"({_unpickler_reason(err)}). bptrain reads checkpoints with torch.load(weights_only=True), "
+            "so a file cannot run code, and never falls back to full unpickling. If the file comes from a "
+            "source you trust, re-save its tensors as a plain state_dict or a .safetensors file."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"cannot read checkpoint {path}: {err}") from None
@@ -137,6 +137,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path} is not a bptrain checkpoint (expected a dict, found {type(state).__name__})."
         )
     return state
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The one informative line of torch's weights_only error (e.g. 'Unsupported global: GLOBAL posix.system')."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return reason.split(" was not an allowed global")[0]
+    return "content that is not tensors or plain containers"
 
 
 def model_state(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:

@@ -553,7 +553,8 @@ def _checkpoint_state(
             "num_classes": spec.num_classes,
             "target_shape": list(spec.target_shape),
         },
-        "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
+        # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
 
 
