@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def _atomic_write(path: Path, write: Any) -> None:
     except OSError as err:
         raise TrainingError(f"could not write {path}: {err}. {_intact(path)}") from err
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; a checkpoint gets the usual file mode
+        os.fchmod(
+            fd, 0o666 & ~_UMASK
+        )  # mkstemp creates 0600; a checkpoint gets the usual file mode
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -140,11 +143,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def _unpickler_reason(err: Exception) -> str:
-    """The one informative line of torch's weights_only error (e.g. 'Unsupported global: GLOBAL posix.system')."""
-    for line in str(err).splitlines():
+    """The informative part of torch's weights_only error, e.g. 'it names the Python global posix.system'."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it names the Python global {found.group(1).rstrip('.')}"
+    for line in text.splitlines():
         if "WeightsUnpickler error:" in line:
-            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return reason.split(" was not an allowed global")[0]
+            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
     return "content that is not tensors or plain containers"
 
 

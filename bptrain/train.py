@@ -133,10 +133,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     if run_dir is not None:
         rewind_run_dir(run_dir, state.metrics_bytes if saved else None)
     else:
-        run_dir = create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run")
+        run_dir = _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
         tracker.directory = run_dir / "checkpoints"
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    log = RunLog(run_dir, cfg.logging.tensorboard)
+    _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
+    log = _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
     print_run_header(
         console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
     )
@@ -484,6 +484,17 @@ def _check_monitors(cfg: Config, data: Any) -> None:
                 f"trainer.checkpoint.save_top_k ranks by {ckpt.monitor} but the data has no validation split. "
                 "Set data.val_fraction > 0, monitor train/loss, or set save_top_k: 0."
             )
+
+
+def _writable(create: Any) -> Any:
+    """Run a run-directory write; an unwritable or full disk becomes a clear message (exit 2), not a traceback."""
+    try:
+        return create()
+    except OSError as err:
+        raise UserError(
+            f"cannot write the run directory: {err}. Set logging.run_dir to a writable directory "
+            "with free space (or fix its permissions)."
+        ) from None
 
 
 def _nan_failure(

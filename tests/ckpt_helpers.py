@@ -30,9 +30,9 @@ def tiny_config(tmp_path: Path, **sections: Any) -> Config:
     """TINY with sections merged key by key (e.g. trainer={"precision": "fp16"}); a new variant name replaces the section."""
     data = json.loads(json.dumps(TINY))
     for section, values in sections.items():
-        same_variant = not isinstance(values, dict) or values.get("name") in (
-            None,
-            (data.get(section) or {}).get("name"),
+        same_variant = not isinstance(values, dict) or (
+            "class_path" not in values
+            and values.get("name") in (None, (data.get(section) or {}).get("name"))
         )
         if isinstance(values, dict) and isinstance(data.get(section), dict) and same_variant:
             data[section].update(values)

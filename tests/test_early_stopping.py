@@ -70,7 +70,9 @@ def test_max_mode_and_equal_values_are_not_improvements():
 
 def test_start_from_epoch_ignores_warmup_validations():
     stopper = EarlyStopping(patience=0, start_from_epoch=2)
-    assert feed(stopper, [1.0, 2.0, 3.0, 4.0]) == 4  # epochs 1-2 ignored; epoch 3 is the first counted
+    assert (
+        feed(stopper, [1.0, 2.0, 3.0, 4.0]) == 4
+    )  # epochs 1-2 ignored; epoch 3 is the first counted
     assert stopper.best_epoch == 3
 
 
@@ -153,12 +155,19 @@ def test_early_stopping_in_a_run_reports_and_restores_best_weights(tmp_path):
     from bptrain.inference import evaluate_checkpoint
 
     again = evaluate_checkpoint(cfg, run / "checkpoints/last.safetensors", "val")
-    best_val = next(e["val/loss"] for e in events if e.get("epoch") == es["best_epoch"] and e["type"] == "epoch")
+    best_val = next(
+        e["val/loss"] for e in events if e.get("epoch") == es["best_epoch"] and e["type"] == "epoch"
+    )
     assert again["val/loss"] == pytest.approx(best_val, rel=1e-6)
     # stopping state survives resume: an early-stopped run stays stopped
     again_summary = run_fit(cfg, resume="auto")
-    assert again_summary["status"] == "early_stopped" and again_summary["epochs"] == summary["epochs"]
-    assert load_checkpoint(run / "checkpoints/last.pt")["early_stopping"]["stopped_epoch"] == es["stopped_epoch"]
+    assert (
+        again_summary["status"] == "early_stopped" and again_summary["epochs"] == summary["epochs"]
+    )
+    assert (
+        load_checkpoint(run / "checkpoints/last.pt")["early_stopping"]["stopped_epoch"]
+        == es["stopped_epoch"]
+    )
 
 
 def test_early_stopping_on_val_metric_without_validation_split_is_refused(tmp_path):

@@ -20,9 +20,7 @@ from bptrain.faults import Interrupted
 
 # 160 training samples / batch 16 = 10 micro-batches per epoch.
 VARIANTS = {
-    "fp32-warmup_cosine-accumulate2": {
-        "trainer": {"max_epochs": 3, "accumulate_grad_batches": 2}
-    },
+    "fp32-warmup_cosine-accumulate2": {"trainer": {"max_epochs": 3, "accumulate_grad_batches": 2}},
     "fp16-onecycle-gradclip": {
         "trainer": {"max_epochs": 3, "precision": "fp16", "grad_clip": {"max_norm": 1.0}},
         "scheduler": {"name": "onecycle"},
@@ -61,7 +59,9 @@ def test_resume_is_bit_exact_mid_epoch(tmp_path, monkeypatch, variant):
 def test_resume_is_bit_exact_after_signal_at_epoch_end(tmp_path, monkeypatch):
     """SIGTERM on the last step of epoch 1: validation and the epoch line happen after resuming."""
     sections = VARIANTS["fp16-onecycle-gradclip"]
-    straight, resumed, a, b = _straight_and_resumed(tmp_path, monkeypatch, sections, 10, signal.SIGTERM)
+    straight, resumed, a, b = _straight_and_resumed(
+        tmp_path, monkeypatch, sections, 10, signal.SIGTERM
+    )
     assert_same_weights(weights(a / "checkpoints/last.pt"), weights(b / "checkpoints/last.pt"))
     assert metric_lines(a) == metric_lines(b)
     assert resumed["best"] == straight["best"]
