@@ -23,7 +23,6 @@ import torch
 
 from bptrain.errors import TrainingError, UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -76,7 +76,7 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     cfg = tiny_config(tmp_path)
     cfg.logging.run_dir = blocker / "runs"
-    with pytest.raises(UserError, match="cannot write the run directory.*logging.run_dir"):
+    with pytest.raises(UserError, match=r"cannot write the run directory.*logging.run_dir"):
         run_fit(cfg)
 
 
@@ -167,7 +167,7 @@ def test_nan_skip_skips_and_counts_then_stops_past_the_limit(tmp_path, flaky):
         model=flaky(at=[4, 12]),
         trainer={"max_epochs": 2, "nan_policy": "skip", "max_skipped_steps": 1},
     )
-    with pytest.raises(TrainingError, match="more than trainer.max_skipped_steps=1"):
+    with pytest.raises(TrainingError, match=r"more than trainer\.max_skipped_steps=1"):
         run_fit(strict)
 
 
