@@ -581,7 +581,7 @@ def _resume_path(cfg: Config, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         base = cfg.logging.run_dir / (cfg.logging.name or "run")
-        candidates = sorted(base.glob("*/checkpoints/last.pt"), key=lambda p: p.parent.parent.name)
+        candidates = sorted(base.glob("*/checkpoints/last.pt"), key=_run_order)
         return candidates[-1] if candidates else None
     path = Path(resume)
     if path.is_dir():
@@ -591,6 +591,13 @@ def _resume_path(cfg: Config, resume: str | None) -> Path | None:
             f"--resume {resume}: no checkpoint there. Give a last.pt file, a run directory, or 'auto'."
         )
     return path
+
+
+def _run_order(last: Path) -> tuple[str, int]:
+    """Run directories are <timestamp>[-N]: order by timestamp, then N as a number (-10 after -9)."""
+    parts = last.parent.parent.name.split("-")
+    suffix = parts[2] if len(parts) > 2 and parts[2].isdigit() else "0"
+    return "-".join(parts[:2]), int(suffix)
 
 
 def _run_dir_of(checkpoint: Path | None) -> Path | None:
