@@ -33,7 +33,7 @@ CONFIG = {
     "model": {"name": "mlp", "hidden": [16], "dropout": 0.1},
     "optimizer": {"name": "adamw", "lr": 0.01},
     "scheduler": {"name": "warmup_cosine", "warmup_steps": 10},
-    "trainer": {"max_epochs": 12, "checkpoint": {"every_n_steps": 1, "save_top_k": 2}},
+    "trainer": {"max_epochs": 10, "checkpoint": {"every_n_steps": 1, "save_top_k": 2}},
     "logging": {"tensorboard": False, "progress": "off", "log_every_n_steps": 1},
 }
 
@@ -129,9 +129,9 @@ def main() -> int:
     args = parser.parse_args()
     # bptrain (and torch) are imported before any fork, but no torch op runs in this process
     # before the children are done with it, so forked children never inherit a busy thread pool.
-    from bptrain.checkpoint import load_checkpoint
     import torch._dynamo  # noqa: F401  (torch.optim imports it lazily: ~2 s per child otherwise)
 
+    from bptrain.checkpoint import load_checkpoint
     from bptrain.train import _run_order  # noqa: F401  (import the whole stack once, before forking)
 
     work = args.workdir.resolve()
@@ -186,7 +186,7 @@ def main() -> int:
 
     final = start(args.mode, config, "victim")
     final_code = wait(final)
-    from ckpt_compare import compare_runs  # noqa: PLC0415  (tests/ helper; no torch op before here)
+    from ckpt_compare import compare_runs
 
     ref_dir = newest_last(work / "runs" / "reference").parent.parent
     victim_dir = newest_last(runs).parent.parent
