@@ -572,7 +572,16 @@ def _checkpoint_state(
 def _load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None, Path | None]:
     """The checkpoint to continue from (None: start fresh), read with weights_only=True."""
     path = _resume_path(cfg, resume)
-    return (None, None) if path is None else (load_checkpoint(path), path)
+    if path is None:
+        return None, None
+    saved = {} if path.suffix == ".safetensors" else load_checkpoint(path)
+    for key in ("model", "progress", "optimizer", "scaler", "rng"):
+        if key not in saved:
+            raise UserError(
+                f"cannot resume from {path}: it has no '{key}' (a weights-only file?). "
+                "To start a new run from its weights, use model.init_from instead of --resume."
+            )
+    return saved, path
 
 
 def _resume_path(cfg: Config, resume: str | None) -> Path | None:
@@ -610,12 +619,6 @@ def _run_dir_of(checkpoint: Path | None) -> Path | None:
 def _restore(
     saved, path, cfg, data, model, optimizer, scheduler, precision, console
 ) -> tuple[Progress, dict[str, torch.Tensor] | None]:
-    for key in ("progress", "optimizer", "scaler", "rng"):
-        if key not in saved:
-            raise UserError(
-                f"cannot resume from {path}: it has no '{key}' (a weights-only file?). "
-                "To start a new run from its weights, use model.init_from instead of --resume."
-            )
     old_cfg, new_cfg = saved.get("config", {}), to_dict(cfg)
     for section in ("model", "data"):
         if old_cfg.get(section) != new_cfg.get(section):
