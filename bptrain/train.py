@@ -528,12 +528,17 @@ def _data_order(batches: Batches, epoch: int) -> int | None:
     indices = getattr(batches, "_indices", None)
     if indices is None:
         return None
+    cached = getattr(batches, "_order_crc", None)  # one permutation per epoch, not one per save
+    if cached is not None and cached[0] == epoch:
+        return cached[1]
     previous = getattr(batches, "epoch", epoch)
     batches.set_epoch(epoch)
     try:
-        return zlib.crc32(indices().to(torch.int64).cpu().numpy().tobytes())
+        crc = zlib.crc32(indices().to(torch.int64).cpu().numpy().tobytes())
     finally:
         batches.set_epoch(previous)
+    batches._order_crc = (epoch, crc)  # type: ignore[attr-defined]
+    return crc
 
 
 def _checkpoint_state(

@@ -232,3 +232,16 @@ def test_a_second_signal_while_saving_does_not_corrupt_last_pt(tmp_path, monkeyp
     assert stopped.value.saved and stopped.value.step == 11
     (run,) = run_dirs(tmp_path)
     assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 11
+
+
+def test_ctrl_c_saves_at_the_step_boundary_and_hints_how_to_resume(tmp_path, monkeypatch):
+    from ckpt_helpers import signal_at_step
+
+    signal_at_step(monkeypatch, 5, signal.SIGINT)
+    with pytest.raises(Interrupted) as stopped:
+        run_fit(tiny_config(tmp_path))
+    assert stopped.value.exit_code == 130 and stopped.value.saved
+    (run,) = run_dirs(tmp_path)
+    assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 5
+    hint = stopped.value.hint("bptrain fit tiny.yaml")
+    assert hint.endswith(f"Resume with: bptrain fit tiny.yaml --resume {run}")
