@@ -276,7 +276,7 @@ def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch
         report.nonfinite = NonfiniteSource(module=nf.module, pass_=nf.pass_, batch=nf.batch, detail=nf.detail)  # type: ignore[arg-type]
     if optimizer is not None:
         report.optimizer = optimizer_info(optimizer)
-    run_options(report, model, work, loss_fn, batches, options)
+    run_options(report, model, loss_fn, batches, options)
     if optimizer is not None and report.nonfinite is None:
         step_update_ratios(work, optimizer, layers, loss_fn, batches[0])
     report.flags = collect_flags(report, options.thresholds)
@@ -286,8 +286,9 @@ def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch
     return report
 
 
-def run_options(report: Report, model: nn.Module, work: nn.Module, loss_fn: LossFn,
-                batches: list[Batch], options: InspectOptions) -> None:
+def run_options(report: Report, model: nn.Module, loss_fn: LossFn, batches: list[Batch],
+                options: InspectOptions) -> None:
+    """The optional analyses, each on its own copy of the caller's model (pristine buffers, no grads)."""
     if options.check_gradients:
         errors = gradcheck.finite_difference_errors(model, loss_fn, batches[0],
                                                     entries_per_param=options.grad_check_entries,
@@ -296,18 +297,18 @@ def run_options(report: Report, model: nn.Module, work: nn.Module, loss_fn: Loss
         for layer in report.layers:
             layer.grad_check_error = errors.get(layer.name)
     if options.noise:
-        report.gradient_tests = noise.gradient_tests(work, loss_fn, batches[0],
+        report.gradient_tests = noise.gradient_tests(model, loss_fn, batches[0],
                                                      max_samples=options.noise_max_samples)
     if options.curvature:
         lr = report.optimizer["lr"] if report.optimizer else None
         report.curvature = curvature_mod.analyse(
-            work, loss_fn, batches, iterations=options.power_iterations, tolerance=options.power_tolerance,
+            model, loss_fn, batches, iterations=options.power_iterations, tolerance=options.power_tolerance,
             hutchinson_samples=options.hutchinson_samples, seed=options.seed, lr=lr,
             optimizer=report.optimizer["name"] if report.optimizer else None,
         )
         report.hessian_max_eigenvalue = report.curvature.get("hessian_max_eigenvalue")
-    if any(isinstance(m, nn.RNNBase) for m in work.modules()):
-        report.recurrent = recurrent.signal_through_time(work, loss_fn, batches[0])
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        report.recurrent = recurrent.signal_through_time(model, loss_fn, batches[0])
 
 
 def collect_flags(report: Report, limits: Thresholds) -> list[Flag]:
