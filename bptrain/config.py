@@ -124,10 +124,8 @@ class SineData(DataCommon):
 class DigitsData(DataCommon):
     source: Literal["digits"]
     """The UCI optical-recognition handwritten digits (1,797 8x8 images, 10 classes), shipped inside bptrain; no download."""
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction of the training set held out for validation (seeded)."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction held out as a test split (seeded)."""
+    """Fraction held out as a test split when the source has none (seeded). 0 means no test split."""
     flatten: bool = True
     """Give each image as 64 features (for MLPs); false gives (1, 8, 8) images."""
 
@@ -781,7 +779,7 @@ def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
 
 
 def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
-    members = _models_in(annotation)
+    members = models_in(annotation)
     if len(members) <= 1:
         return members[0] if members else None
     if isinstance(value, dict) and "class_path" in value:
@@ -798,21 +796,21 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
     return members[0]
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found.extend(_models_in(arg))
+        found.extend(models_in(arg))
     if hasattr(annotation, "__origin__") and getattr(annotation, "__metadata__", None):
-        found.extend(_models_in(annotation.__origin__))
+        found.extend(models_in(annotation.__origin__))
     return list(dict.fromkeys(found))
 
 
 def _collect_union_tags() -> set[str]:
     tags = {"custom"}
     for field in Config.model_fields.values():
-        for member in _models_in(field.annotation):
+        for member in models_in(field.annotation):
             for tag_field in ("name", "source"):
                 if tag_field in member.model_fields:
                     tags.update(

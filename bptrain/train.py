@@ -216,7 +216,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         },
         "device": str(device),
         "precision": cfg.trainer.precision,
-        "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
     write_json(run_dir / "summary.json", summary)
     log.close()
@@ -398,7 +398,7 @@ def _checkpoint_state(
             "num_classes": spec.num_classes,
             "target_shape": list(spec.target_shape),
         },
-        "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
 
 
