@@ -548,9 +548,17 @@ _FLOAT_RE = re.compile(
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python objects, ever) that reads 3e-4 as a float."""
+    """``yaml.SafeLoader`` (no Python objects, ever) with YAML 1.2 scalars: 3e-4 is a float, `off` is a string."""
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, which turns `progress: off` into False.
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 KeyPath = tuple[str | int, ...]

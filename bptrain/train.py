@@ -137,7 +137,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         scheduler.step()
 
                     if log_now:
-                        step_metrics = _step_metrics(state, window_loss, grad_norm, optimizer)
+                        step_metrics = _step_metrics(state, window_loss, grad_norm, optimizer, precision)
                         log.log("step", state.step, step_metrics)
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
@@ -319,19 +319,24 @@ def _step_metrics(
     loss: torch.Tensor,
     grad_norm: torch.Tensor | None,
     optimizer: torch.optim.Optimizer,
+    precision: Precision,
 ) -> dict[str, Any]:
+    """The step line's values, fetched from the device in one transfer."""
     values = torch.stack(
         [
             loss.float(),
             (grad_norm if grad_norm is not None else torch.full_like(loss, math.nan)).float(),
         ]
     ).tolist()
-    return {
+    metrics = {
         "epoch": state.epoch + 1,
         "train/loss": values[0],
         "lr": optimizer.param_groups[0]["lr"],
         "grad_norm": values[1],
     }
+    if precision.scaler.is_enabled():
+        metrics["loss_scale"] = precision.scaler.get_scale()
+    return metrics
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:
