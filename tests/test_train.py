@@ -233,3 +233,14 @@ def test_class_path_model_keeps_its_own_initialisation(tmp_path, monkeypatch, wr
     assert torch.all(model.fc.weight == 0.5) and torch.all(model.fc.bias == 0.5)
     summary = fit(cfg, QUIET)
     assert json.loads((tmp_path / summary["run_dir"] / "summary.json").read_text())["epochs"] == 2
+
+
+def test_quickstart_config_trains_a_good_digit_classifier(tmp_path):
+    """The README's promise: the shipped quick start reaches >95% on held-out digits."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        root / "configs" / "quickstart.yaml",
+        [f"logging.run_dir={tmp_path}", "logging.tensorboard=false"],
+    )
+    summary = fit(cfg, QUIET)
+    assert summary["final"]["val/acc"] > 0.95 and summary["test"]["test/acc"] > 0.95
