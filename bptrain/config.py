@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -67,7 +67,9 @@ class DataCommon(Section):
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataCommon:
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError("val_fraction + test_fraction must be below 1 so some training data remains")
+            raise ValueError(
+                "val_fraction + test_fraction must be below 1 so some training data remains"
+            )
         return self
 
 
@@ -122,10 +124,8 @@ class SineData(DataCommon):
 class DigitsData(DataCommon):
     source: Literal["digits"]
     """The UCI optical-recognition handwritten digits (1,797 8x8 images, 10 classes), shipped inside bptrain; no download."""
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction of the training set held out for validation (seeded)."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction held out as a test split (seeded)."""
+    """Fraction held out as a test split when the source has none (seeded). 0 means no test split."""
     flatten: bool = True
     """Give each image as 64 features (for MLPs); false gives (1, 8, 8) images."""
 
@@ -147,14 +147,16 @@ class CsvData(DataCommon):
 
 
 DataConfig = Annotated[
-    Union[SpiralsData, MoonsData, BlobsData, XorData, SineData, DigitsData, NpzData, CsvData],
+    SpiralsData | MoonsData | BlobsData | XorData | SineData | DigitsData | NpzData | CsvData,
     Field(discriminator="source"),
 ]
 
 # --------------------------------------------------------------------------- model
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu"]
-Init = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"]
+Init = Literal[
+    "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"
+]
 Norm = Literal["none", "batchnorm", "layernorm"]
 
 
@@ -201,8 +203,12 @@ def _model_kind(value: Any) -> str:
 
 
 ModelConfig = Annotated[
-    Union[Annotated[MLPModel, Tag("mlp")], Annotated[CustomModel, Tag("custom")]],
-    Discriminator(_model_kind, custom_error_type="invalid_model", custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)"),
+    Annotated[MLPModel, Tag("mlp")] | Annotated[CustomModel, Tag("custom")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="invalid_model",
+        custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)",
+    ),
 ]
 
 # --------------------------------------------------------------------------- loss
@@ -316,12 +322,19 @@ class LBFGSOptimizer(OptimizerCommon):
     @classmethod
     def _no_weight_decay(cls, value: float) -> float:
         if value:
-            raise ValueError("lbfgs has no weight_decay; add an L2 term to the loss or use another optimizer")
+            raise ValueError(
+                "lbfgs has no weight_decay; add an L2 term to the loss or use another optimizer"
+            )
         return value
 
 
 OptimizerConfig = Annotated[
-    Union[SGDOptimizer, MomentumOptimizer, AdamOptimizer, RMSpropOptimizer, AdagradOptimizer, LBFGSOptimizer],
+    SGDOptimizer
+    | MomentumOptimizer
+    | AdamOptimizer
+    | RMSpropOptimizer
+    | AdagradOptimizer
+    | LBFGSOptimizer,
     Field(discriminator="name"),
 ]
 
@@ -409,16 +422,14 @@ class PlateauScheduler(Section):
 
 
 SchedulerConfig = Annotated[
-    Union[
-        NoScheduler,
-        StepScheduler,
-        MultiStepScheduler,
-        ExponentialScheduler,
-        CosineScheduler,
-        OneCycleScheduler,
-        WarmupCosineScheduler,
-        PlateauScheduler,
-    ],
+    NoScheduler
+    | StepScheduler
+    | MultiStepScheduler
+    | ExponentialScheduler
+    | CosineScheduler
+    | OneCycleScheduler
+    | WarmupCosineScheduler
+    | PlateauScheduler,
     Field(discriminator="name"),
 ]
 
@@ -517,7 +528,9 @@ class Config(Section):
     @model_validator(mode="after")
     def _compatible_choices(self) -> Config:
         if self.optimizer.name == "lbfgs" and self.trainer.precision == "fp16":
-            raise ValueError("optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16")
+            raise ValueError(
+                "optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16"
+            )
         return self
 
 
@@ -535,9 +548,17 @@ _FLOAT_RE = re.compile(
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python objects, ever) that reads 3e-4 as a float."""
+    """``yaml.SafeLoader`` (no Python objects, ever) with YAML 1.2 scalars: 3e-4 is a float, `off` is a string."""
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, which turns `progress: off` into False.
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 KeyPath = tuple[str | int, ...]
@@ -565,7 +586,9 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     return data, lines
 
 
-def _index_lines(node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int], source: str) -> None:
+def _index_lines(
+    node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int], source: str
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -573,7 +596,9 @@ def _index_lines(node: yaml.Node | None, path: KeyPath, lines: dict[KeyPath, int
             line = key_node.start_mark.line + 1
             if key in seen:
                 dotted = ".".join(str(p) for p in (*path, key))
-                raise ConfigError(f"{source}, line {line}: key '{dotted}' is given twice (first on line {seen[key]}); keep one.")
+                raise ConfigError(
+                    f"{source}, line {line}: key '{dotted}' is given twice (first on line {seen[key]}); keep one."
+                )
             seen[key] = line
             lines[(*path, key)] = line
             _index_lines(value_node, (*path, key), lines, source)
@@ -593,7 +618,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({getattr(err, 'problem', err)})"
+        ) from None
     return key.split("."), parsed
 
 
@@ -606,7 +633,9 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
             node[key] = child
         if not isinstance(child, dict):
             dotted = ".".join(keys[: depth + 1])
-            raise ConfigError(f"override '{text}': {dotted} is a value ({child!r}), not a section with keys.")
+            raise ConfigError(
+                f"override '{text}': {dotted} is a value ({child!r}), not a section with keys."
+            )
         node = child
     # Changing a variant's name drops the options of the old variant only if they are unknown to the new one;
     # pydantic will still reject the leftovers with a clear message.
@@ -628,7 +657,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (seed, data, model, ...), not {type(data).__name__}.")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (seed, data, model, ...), not {type(data).__name__}."
+        )
     origins: dict[KeyPath, str] = {key: f"{path}, line {line}" for key, line in lines.items()}
     for text_override in overrides:
         keys, value = parse_override(text_override)
@@ -640,14 +671,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return validate_config(data, origins, str(path))
 
 
-def validate_config(data: dict[str, Any], origins: dict[KeyPath, str] | None = None, source: str = "config") -> Config:
+def validate_config(
+    data: dict[str, Any], origins: dict[KeyPath, str] | None = None, source: str = "config"
+) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, data, origins or {}, source)) from None
 
 
-def format_validation_error(err: ValidationError, data: Any, origins: dict[KeyPath, str], source: str) -> str:
+def format_validation_error(
+    err: ValidationError, data: Any, origins: dict[KeyPath, str], source: str
+) -> str:
     messages = []
     for problem in err.errors(include_url=False):
         path = _clean_loc(problem["loc"], data)
@@ -666,10 +701,9 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> KeyPath:
     path: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             path.append(part)
             node = node[part]
         elif isinstance(node, dict | list):
@@ -710,7 +744,9 @@ def _describe(problem: dict[str, Any], path: KeyPath, data: Any) -> str:
     if kind == "union_tag_invalid":
         ctx = problem.get("ctx", {})
         got, options = ctx.get("tag"), str(ctx.get("expected_tags", ""))
-        close = difflib.get_close_matches(str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"unknown choice {got!r}; expected one of {options}.{hint}"
     if kind == "union_tag_not_found":
@@ -718,7 +754,9 @@ def _describe(problem: dict[str, Any], path: KeyPath, data: Any) -> str:
     if kind == "literal_error":
         got = problem.get("input")
         options = problem.get("ctx", {}).get("expected", "")
-        close = difflib.get_close_matches(str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"got {got!r}; expected one of {options}.{hint}"
     got = problem.get("input")
@@ -749,7 +787,7 @@ def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
 
 
 def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
-    members = _models_in(annotation)
+    members = models_in(annotation)
     if len(members) <= 1:
         return members[0] if members else None
     if isinstance(value, dict) and "class_path" in value:
@@ -757,29 +795,36 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
     for member in members:
         for tag_field in ("name", "source"):
             field = member.model_fields.get(tag_field)
-            if field is not None and isinstance(value, dict) and value.get(tag_field) in getattr(field.annotation, "__args__", ()):
+            if (
+                field is not None
+                and isinstance(value, dict)
+                and value.get(tag_field) in getattr(field.annotation, "__args__", ())
+            ):
                 return member
     return members[0]
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found.extend(_models_in(arg))
+        found.extend(models_in(arg))
     if hasattr(annotation, "__origin__") and getattr(annotation, "__metadata__", None):
-        found.extend(_models_in(annotation.__origin__))
+        found.extend(models_in(annotation.__origin__))
     return list(dict.fromkeys(found))
 
 
 def _collect_union_tags() -> set[str]:
     tags = {"custom"}
     for field in Config.model_fields.values():
-        for member in _models_in(field.annotation):
+        for member in models_in(field.annotation):
             for tag_field in ("name", "source"):
                 if tag_field in member.model_fields:
-                    tags.update(str(v) for v in getattr(member.model_fields[tag_field].annotation, "__args__", ()))
+                    tags.update(
+                        str(v)
+                        for v in getattr(member.model_fields[tag_field].annotation, "__args__", ())
+                    )
     return tags
 
 

@@ -1,0 +1,264 @@
+"""The ``bptrain`` command line: thin commands that load the config and call one function each.
+
+Nothing here imports torch at module level, so ``bptrain --help`` and the help of
+every command come up fast; each command imports what it needs when it runs.
+
+Exit codes: 0 success; 1 the run failed; 2 bad config or usage; 3 grad-inspect
+found flags at or above ``--fail-on``; 128+N stopped by signal N after saving a
+checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bptrain.errors import EXIT_TRAINING_FAILED, EXIT_USAGE, TrainingError, UserError
+
+app = typer.Typer(
+    name="bptrain",
+    help="Train PyTorch models from YAML configs, and see how backpropagation flows through them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Inspect and check config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Dotted overrides KEY=VALUE, values parsed as YAML, e.g. optimizer.lr=3e-4 model.hidden=[128,128].",
+        show_default=False,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from bptrain import __version__
+
+        typer.echo(f"bptrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Train PyTorch models from YAML configs, and see how backpropagation flows through them."""
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run a command body; user mistakes become a message and exit 2, failed runs exit 1, no tracebacks."""
+    try:
+        return action()
+    except UserError as err:
+        _stderr_console().print(f"[bold red]error:[/bold red] {_escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except TrainingError as err:
+        _stderr_console().print(
+            f"[bold red]training failed:[/bold red] {_escape(str(err))}", soft_wrap=True
+        )
+        raise typer.Exit(EXIT_TRAINING_FAILED) from None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+def fit(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run: 'auto' (newest run of this config, or start fresh), a run directory, or a last.pt path."
+        ),
+    ] = None,
+) -> None:
+    """Train a model as CONFIG describes; writes a run directory with metrics, TensorBoard events and checkpoints."""
+    from rich.console import Console
+
+    from bptrain.config import load_config
+
+    def run() -> None:
+        cfg = load_config(config, overrides or [])
+        from bptrain.train import Interrupted
+        from bptrain.train import fit as run_fit
+
+        try:
+            run_fit(cfg, Console(), resume=resume)
+        except Interrupted as stop:
+            _stderr_console().print(
+                f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
+                f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
+            )
+            raise typer.Exit(128 + int(stop.signum)) from None
+
+    _guarded(run)
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+@app.command(name="eval")
+def evaluate(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A last.pt/best.pt checkpoint or a .safetensors file.", show_default=False
+        ),
+    ] = ...,  # type: ignore[assignment]
+    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.val,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object to stdout and nothing else.")
+    ] = False,
+) -> None:
+    """Evaluate a saved model on the validation or test split of CONFIG's data."""
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.inference import evaluate_checkpoint
+
+        cfg = load_config(config, overrides or [])
+        metrics = evaluate_checkpoint(cfg, checkpoint, split.value)
+        if as_json:
+            sys.stdout.write(json.dumps(metrics) + "\n")
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(title=f"{checkpoint} on {split.value}")
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            for key, value in metrics.items():
+                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            Console().print(table)
+
+    _guarded(run)
+
+
+class FailOn(str, Enum):
+    warning = "warning"
+    error = "error"
+
+
+@app.command(name="grad-inspect")
+def grad_inspect(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Inspect these weights instead of the initialisation.")
+    ] = None,
+    batches: Annotated[
+        int, typer.Option(min=1, help="Training batches to average the gradients over.")
+    ] = 4,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the report as JSON to this file ('-' for stdout)."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of the gradient flow (needs matplotlib).")
+    ] = None,
+    fail_on: Annotated[
+        FailOn | None,
+        typer.Option(help="Exit with code 3 when flags of this severity or worse are found."),
+    ] = None,
+    check_gradients: Annotated[
+        bool, typer.Option(help="Verify autograd against float64 finite differences per layer.")
+    ] = False,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V1,V2,... (repeatable): inspect every combination side by side."),
+    ] = None,
+    noise: Annotated[
+        bool,
+        typer.Option(
+            help="Gradient-noise tests from per-sample gradients: is the batch too small?"
+        ),
+    ] = False,
+    curvature: Annotated[
+        bool,
+        typer.Option(help="Top Hessian eigenvalue and trace: is the LR past the stability edge?"),
+    ] = False,
+) -> None:
+    """Show how the error signal backpropagates through each layer, and say what is wrong and how to fix it."""
+    from rich.console import Console
+
+    def run() -> int:
+        from bptrain.diagnostics.command import run_grad_inspect
+
+        return run_grad_inspect(
+            config,
+            overrides or [],
+            checkpoint=checkpoint,
+            batches=batches,
+            json_path=json_path,
+            plot_path=plot,
+            fail_on=fail_on.value if fail_on else None,
+            check_gradients=check_gradients,
+            sweep=sweep or [],
+            noise=noise,
+            curvature=curvature,
+            console=Console(stderr=json_path is not None and str(json_path) == "-"),
+        )
+
+    code = _guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Print the fully resolved config (every default spelled out) as YAML."""
+    from bptrain.config import load_config, to_yaml
+
+    _guarded(lambda: sys.stdout.write(to_yaml(load_config(config, overrides or []))))
+
+
+@config_app.command("validate")
+def config_validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
+    """Check a config without running it: exit 0 if valid, 2 with the problems otherwise."""
+    from bptrain.config import load_config
+
+    _guarded(lambda: load_config(config, overrides or []))
+    typer.echo(f"{config}: valid")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config (for editor autocompletion and checking)."""
+    from bptrain.config import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,170 @@
+"""Reading every data source into NumPy arrays, with clear errors for bad files.
+
+A source returns a ``Splits``: the training arrays and, when the source has them,
+explicit validation and test arrays. Holding out fractions, normalising and
+turning arrays into tensors happen later, the same way for every source.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from bptrain.config import (
+    BlobsData,
+    CsvData,
+    DigitsData,
+    MoonsData,
+    NpzData,
+    SineData,
+    SpiralsData,
+    XorData,
+)
+from bptrain.data import synthetic
+from bptrain.errors import UserError
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Splits:
+    train: Arrays
+    val: Arrays | None = None
+    test: Arrays | None = None
+
+
+def read_source(cfg: object, seed: int) -> Splits:
+    rng = np.random.default_rng(seed)
+    if isinstance(cfg, SpiralsData):
+        return Splits(synthetic.spirals(cfg.n_samples, cfg.n_classes, cfg.noise, rng))
+    if isinstance(cfg, MoonsData):
+        return Splits(synthetic.moons(cfg.n_samples, cfg.noise, rng))
+    if isinstance(cfg, BlobsData):
+        return Splits(
+            synthetic.blobs(cfg.n_samples, cfg.n_classes, cfg.n_features, cfg.cluster_std, rng)
+        )
+    if isinstance(cfg, XorData):
+        return Splits(synthetic.xor(cfg.n_samples, cfg.noise, rng))
+    if isinstance(cfg, SineData):
+        return Splits(synthetic.sine(cfg.n_samples, cfg.noise, cfg.periods, rng))
+    if isinstance(cfg, DigitsData):
+        return Splits(read_digits(cfg.flatten))
+    if isinstance(cfg, NpzData):
+        return read_npz(cfg.path)
+    if isinstance(cfg, CsvData):
+        return Splits(read_csv(cfg.path, cfg.target, cfg.task))
+    raise AssertionError(f"unhandled data source {cfg!r}")
+
+
+def read_digits(flatten: bool) -> Arrays:
+    """UCI optical digits (the set scikit-learn ships), bundled as bptrain/data/digits.npz (45 KB)."""
+    with (
+        resources.files("bptrain.data").joinpath("digits.npz").open("rb") as handle,
+        np.load(handle) as arrays,
+    ):
+        x = arrays["x"].astype(np.float32) / 16.0
+        y = arrays["y"].astype(np.int64)
+    return (x if flatten else x.reshape(-1, 1, 8, 8)), y
+
+
+def _check_file(path: Path, key: str) -> None:
+    if not path.exists():
+        raise UserError(
+            f"{key}: file not found: {path} (relative paths are resolved from {Path.cwd()})"
+        )
+    if not path.is_file():
+        raise UserError(f"{key}: not a file: {path}")
+
+
+def read_npz(path: Path) -> Splits:
+    _check_file(path, "data.path")
+    try:
+        # allow_pickle=False: an .npz of object arrays could run code when unpickled.
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ValueError as err:
+        raise UserError(
+            f"data.path {path}: cannot read arrays ({err}). Object arrays are refused; save numeric arrays."
+        ) from None
+    except (OSError, EOFError) as err:
+        raise UserError(f"data.path {path}: not a readable .npz file ({err}).") from None
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise UserError(
+            f"data.path {path}: missing array(s) {', '.join(missing)}; found {', '.join(sorted(arrays)) or 'none'}. "
+            "Save with np.savez(path, x=inputs, y=targets[, x_val=..., y_val=..., x_test=..., y_test=...])."
+        )
+
+    def pair(suffix: str) -> Arrays | None:
+        xs, ys = f"x{suffix}", f"y{suffix}"
+        if (xs in arrays) != (ys in arrays):
+            raise UserError(
+                f"data.path {path}: has {xs if xs in arrays else ys} without {ys if xs in arrays else xs}; give both or neither."
+            )
+        if xs not in arrays:
+            return None
+        x, y = arrays[xs], arrays[ys]
+        if len(x) != len(y):
+            raise UserError(f"data.path {path}: {xs} has {len(x)} samples but {ys} has {len(y)}.")
+        return x, y
+
+    return Splits(pair(""), pair("_val"), pair("_test"))  # type: ignore[arg-type]
+
+
+def read_csv(path: Path, target: str, task: str) -> Arrays:
+    _check_file(path, "data.path")
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if len(rows) < 2:
+        raise UserError(f"data.path {path}: expected a header row and at least one data row.")
+    header, body = rows[0], rows[1:]
+    if target not in header:
+        close = difflib.get_close_matches(target, header, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(
+            f"data.target '{target}' is not a column of {path}.{hint} Columns: {', '.join(header)}."
+        )
+    t = header.index(target)
+    features = [i for i in range(len(header)) if i != t]
+    x = np.empty((len(body), len(features)), dtype=np.float32)
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise UserError(
+                f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}."
+            )
+        for j, col in enumerate(features):
+            try:
+                x[line - 2, j] = float(row[col])
+            except ValueError:
+                raise UserError(
+                    f"{path}, line {line}, column '{header[col]}': {row[col]!r} is not a number. "
+                    "Feature columns must be numeric (encode categories first)."
+                ) from None
+    labels = [row[t] for row in body]
+    return x, _csv_targets(labels, task, path)
+
+
+def _csv_targets(labels: list[str], task: str, path: Path) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in labels], dtype=np.float64)
+    except ValueError:
+        if task == "regression":
+            raise UserError(
+                f"data.path {path}: data.task is regression but the target column has non-numeric values."
+            ) from None
+        names = sorted(set(labels))  # string labels become class indices in sorted order
+        lookup = {name: i for i, name in enumerate(names)}
+        return np.array([lookup[v] for v in labels], dtype=np.int64)
+    integral = bool(np.all(values == np.round(values))) and values.min() >= 0
+    if task == "classification" or (task == "auto" and integral):
+        if not integral:
+            raise UserError(
+                f"data.path {path}: data.task is classification but the targets are not non-negative integers."
+            )
+        return values.astype(np.int64)
+    return values.astype(np.float32)

@@ -1,0 +1,78 @@
+"""What the console shows before and after training: the run header and the final summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def print_run_header(
+    console: Console,
+    run_dir: Path,
+    model: nn.Module,
+    data: Any,
+    device: Any,
+    cfg: Any,
+    total_steps: int,
+    resumed_from: Path | None,
+) -> None:
+    total, trainable = count_parameters(model)
+    spec = data.spec
+    task = (
+        f"{spec.num_classes}-class classification"
+        if spec.task == "classification"
+        else f"regression to {spec.target_shape}"
+    )
+    sizes = f"train {data.train.num_samples}" + "".join(
+        f", {name} {split.num_samples}"
+        for name, split in (("val", data.val), ("test", data.test))
+        if split is not None
+    )
+    console.print(
+        f"[bold]run directory[/bold] {run_dir}"
+        + (f"  (resumed from {resumed_from})" if resumed_from else "")
+    )
+    console.print(
+        f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes} | "
+        f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters | "
+        f"device {device}, precision {cfg.trainer.precision} | {total_steps} optimizer steps",
+        soft_wrap=True,
+    )
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="bptrain summary", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("final", justify="right")
+    table.add_column("best", justify="right")
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    for key in sorted(k for k in final if "/" in k):
+        table.add_row(key, _fmt(final.get(key)), _fmt(best.get(key)))
+    for key, value in (summary.get("test") or {}).items():
+        table.add_row(key, _fmt(value), "")
+    table.add_row(
+        "epochs / steps",
+        f"{summary['epochs']} / {summary['steps']}",
+        f"epoch {best['epoch']}" if best else "",
+    )
+    table.add_row("wall time", f"{summary['wall_time_s']:.1f} s", "")
+    console.print(table)
+    console.print(f"wrote {summary['run_dir']}/summary.json", soft_wrap=True)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
