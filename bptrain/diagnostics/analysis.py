@@ -167,22 +167,40 @@ def build_layers(work: nn.Module, recorder: Recorder, n_batches: int,
     return layers
 
 
+def pass_through(recorder: Recorder, start: str) -> tuple[str, float]:
+    """Follow Dropout/Identity consumers after ``start``: the last module reached, and their χ multiplier.
+
+    Inverted dropout keeps a unit with probability 1−p and scales it by 1/(1−p), so in train mode
+    it multiplies E‖δ‖² by 1/(1−p); in eval mode (and Identity) it is the identity.
+    """
+    current, multiplier = start, 1.0
+    while True:
+        nxt = following(recorder, current)
+        module = recorder.modules.get(nxt or "")
+        if isinstance(module, nn.Dropout):
+            multiplier *= 1.0 / (1.0 - module.p) if module.training and module.p < 1 else 1.0
+        elif not isinstance(module, nn.Identity):
+            return current, multiplier
+        current = nxt or current
+
+
 def add_factors_and_theory(layers: list[LayerReport], recorder: Recorder) -> None:
-    """signal[l]/signal[l+1] and, for Linear -> activation -> Linear chains, the predicted √χ."""
+    """signal[l]/signal[l+1] and, for Linear -> activation -> [dropout] -> Linear chains, the predicted √χ."""
     for layer, nxt in itertools.pairwise(layers):
         if layer.signal_norm is not None and nxt.signal_norm:
             layer.signal_factor = layer.signal_norm / nxt.signal_norm
     for position, layer in enumerate(layers):
         act_path = following(recorder, layer.name)
         act = recorder.modules.get(act_path or "")
-        if act is None or not is_activation(act):
+        if act_path is None or act is None or not is_activation(act):
             layer.theory_note = "no elementwise activation consumes this layer's output"
             continue
-        health = recorder.health(act_path or "")
+        health = recorder.health(act_path)
         if health is not None:
-            layer.activation = ActivationHealth(module=act_path or "", kind=type(act).__name__, **health)  # type: ignore[arg-type]
+            layer.activation = ActivationHealth(module=act_path, kind=type(act).__name__, **health)  # type: ignore[arg-type]
+        feeder, multiplier = pass_through(recorder, act_path)
         nxt = layers[position + 1] if position + 1 < len(layers) else None
-        if nxt is None or recorder.producer.get(nxt.name) != act_path or nxt.sigma_w2 is None:
+        if nxt is None or recorder.producer.get(nxt.name) != feeder or nxt.sigma_w2 is None:
             layer.theory_note = "the next layer is not a Linear/Conv fed directly by this activation"
             continue
         if not isinstance(recorder.modules.get(nxt.name), THEORY_LAYERS) or health is None:
@@ -190,7 +208,7 @@ def add_factors_and_theory(layers: list[LayerReport], recorder: Recorder) -> Non
         derivative_sq = health["local_derivative_sq"]
         if derivative_sq is None:
             continue
-        layer.chi = chi(nxt.sigma_w2, derivative_sq)
+        layer.chi = chi(nxt.sigma_w2, derivative_sq) * multiplier
         layer.expected_factor = math.sqrt(layer.chi)
 
 

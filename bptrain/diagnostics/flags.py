@@ -29,8 +29,9 @@ class Thresholds:
     """signal[first]/signal[last] above this: exploding."""
     dead_fraction: tuple[float, float] = (0.5, 0.9)
     saturated_fraction: tuple[float, float] = (0.5, 0.9)
-    update_ratio_high: tuple[float, float] = (1e-2, 1e-1)
-    """Median ‖ΔW‖/‖W‖ of one optimizer step above this: lr_too_high."""
+    update_ratio_high: tuple[float, float] = (5e-2, 2e-1)
+    """Median ‖ΔW‖/‖W‖ of one optimizer step above this: lr_too_high. Not 1e-2: Adam's first step moves
+    every entry by about lr, so lr=3e-3 on a Kaiming-initialised 64-wide layer already gives 0.017."""
     update_ratio_low: float = 1e-5
     """Median ‖ΔW‖/‖W‖ below this: lr_too_low (warning only)."""
     grad_check_tolerance: tuple[float, float] = (1e-3, 1e-1)

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from bptrain.diagnostics.report import Flag, Report
 
-BAR_WIDTH = 16
+BAR_WIDTH = 10
 
 
 def fmt(value: float | None, spec: str = ".3g") -> str:
@@ -55,27 +55,31 @@ def _flag_text(flags: Sequence[Flag]) -> Text:
 
 
 def report_table(report: Report, title: str = "grad-inspect") -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column, justify in [("#", "right"), ("layer", "left"), ("‖∇W‖", "right"), ("‖W‖", "right"),
-                            ("‖∇W‖/‖W‖", "right"), ("signal ‖∂L/∂out‖ (log)", "left"),
-                            ("factor", "right"), ("√χ", "right"), ("init σ_w²", "right"),
-                            ("dead", "right"), ("sat", "right"), ("ΔW/W", "right"), ("flags", "left")]:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    """Forward order, one row per parameterised layer; compact enough for an 80-column terminal."""
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table.add_column("layer", no_wrap=True)
+    for column in ("‖∇W‖", "∇W/W"):
+        table.add_column(column, justify="right")
+    table.add_column("‖∂L/∂out‖ (log bar)", no_wrap=True)
+    for column in ("factor", "√χ", "σ_w²", "dead", "ΔW/W"):
+        table.add_column(column, justify="right")
     if report.options.get("check_gradients"):
         table.add_column("fd err", justify="right")
-    bars = log_bars([x.signal_norm for x in report.layers])
+    table.add_column("flags")
+    bars = log_bars([x.signal_norm for x in report.layers], width=BAR_WIDTH)
     for layer, bar in zip(report.layers, bars, strict=True):
         health = layer.activation
-        row = [
-            str(layer.index), f"{layer.name} ({layer.kind})", fmt(layer.grad_norm), fmt(layer.weight_norm),
-            fmt(layer.grad_to_weight), f"{fmt(layer.signal_norm, '9.2e')} {bar}", fmt(layer.signal_factor),
-            fmt(layer.expected_factor), fmt(layer.sigma_w2, ".2f"),
-            fmt(health.dead_fraction, ".0%") if health else "-",
-            fmt(health.saturated_fraction, ".0%") if health and health.saturated_fraction is not None else "-",
-            fmt(layer.update_ratio, ".1e"), _flag_text(layer.flags),
+        dead = fmt(health.dead_fraction, ".0%") if health else "-"
+        if health and health.saturated_fraction:
+            dead += f" sat {health.saturated_fraction:.0%}"
+        row: list[str | Text] = [
+            layer.name, fmt(layer.grad_norm, ".2g"), fmt(layer.grad_to_weight, ".1e"),
+            f"{fmt(layer.signal_norm, '.1e')} {bar}", fmt(layer.signal_factor, ".2f"),
+            fmt(layer.expected_factor, ".2f"), fmt(layer.sigma_w2, ".2f"), dead, fmt(layer.update_ratio, ".0e"),
         ]
         if report.options.get("check_gradients"):
-            row.append(fmt(layer.grad_check_error, ".1e"))
+            row.append(fmt(layer.grad_check_error, ".0e"))
+        row.append(_flag_text(layer.flags))
         table.add_row(*row)
     return table
 

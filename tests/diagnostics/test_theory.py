@@ -80,3 +80,19 @@ def test_hidden_layer_with_bias_minus_100_is_dead_and_starves_the_layers_below(m
     # Above the dead layer every input is 0 (zero biases), so only the head's bias still learns.
     assert report.layers[-1].grad_norm > 0
     assert f"after {layer.name}" in report.verdict and "negative bias" in report.verdict
+
+
+def test_theory_sees_through_dropout_between_activation_and_next_linear(batch) -> None:
+    """The core's MLP is Linear -> activation -> Dropout -> Linear; train-mode dropout scales χ by 1/(1-p)."""
+    torch.manual_seed(0)
+    blocks: list[nn.Module] = []
+    for _ in range(8):
+        linear = nn.Linear(WIDTH, WIDTH)
+        nn.init.kaiming_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        blocks += [linear, nn.ReLU(), nn.Dropout(0.2)]
+    model = nn.Sequential(*blocks, nn.Linear(WIDTH, 10))
+    report = inspect_gradients(model, nn.functional.cross_entropy, [batch])
+    expected = (1 / 0.8) ** 0.5  # χ = 2 · 1/2 / (1 - p)
+    assert statistics.median(x.expected_factor for x in report.layers[:-1]) == pytest.approx(expected, rel=0.05)
+    assert _middle_factor(report) == pytest.approx(expected, rel=0.05)
