@@ -78,11 +78,12 @@ class Moments:
     count: int = 0
 
     def add(self, tensor: Tensor) -> None:
-        values = tensor.detach().double()
-        finite = values[torch.isfinite(values)]
-        self.total += float(finite.sum())
-        self.total_sq += float(finite.square().sum())
-        self.count += finite.numel()
+        values = tensor.detach()
+        if not bool(torch.isfinite(values).all()):
+            values = values[torch.isfinite(values)]  # masked copy only in the rare non-finite case
+        self.total += float(values.sum(dtype=torch.float64))
+        self.total_sq += float(values.square().sum(dtype=torch.float64))
+        self.count += values.numel()
 
     def mean(self) -> float | None:
         return self.total / self.count if self.count else None
@@ -189,7 +190,7 @@ class Recorder:
 
     def _signal_hook(self, path: str) -> Callable[[Tensor], None]:
         def hook(grad: Tensor) -> None:
-            square = float(grad.detach().double().square().sum())
+            square = float(grad.detach().square().sum(dtype=torch.float64))
             self._batch_signal[path] = self._batch_signal.get(path, 0.0) + square
             if self.nonfinite is None and not bool(torch.isfinite(grad).all()):
                 produced_by = self._last_backward or "the loss"
