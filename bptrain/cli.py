@@ -42,6 +42,26 @@ OverridesArg = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from bptrain import __version__
+
+        typer.echo(f"bptrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Train PyTorch models from YAML configs, and see how backpropagation flows through them."""
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
@@ -53,10 +73,12 @@ def _guarded(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except UserError as err:
-        _stderr_console().print(f"[bold red]error:[/bold red] {_escape(str(err))}")
+        _stderr_console().print(f"[bold red]error:[/bold red] {_escape(str(err))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except TrainingError as err:
-        _stderr_console().print(f"[bold red]training failed:[/bold red] {_escape(str(err))}")
+        _stderr_console().print(
+            f"[bold red]training failed:[/bold red] {_escape(str(err))}", soft_wrap=True
+        )
         raise typer.Exit(EXIT_TRAINING_FAILED) from None
 
 

@@ -124,10 +124,8 @@ class SineData(DataCommon):
 class DigitsData(DataCommon):
     source: Literal["digits"]
     """The UCI optical-recognition handwritten digits (1,797 8x8 images, 10 classes), shipped inside bptrain; no download."""
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction of the training set held out for validation (seeded)."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    """Fraction held out as a test split (seeded)."""
+    """Fraction held out as a test split when the source has none (seeded). 0 means no test split."""
     flatten: bool = True
     """Give each image as 64 features (for MLPs); false gives (1, 8, 8) images."""
 
@@ -602,9 +600,17 @@ _FLOAT_RE = re.compile(
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python objects, ever) that reads 3e-4 as a float."""
+    """``yaml.SafeLoader`` (no Python objects, ever) with YAML 1.2 scalars: 3e-4 is a float, `off` is a string."""
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, which turns `progress: off` into False.
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 KeyPath = tuple[str | int, ...]
@@ -833,7 +839,7 @@ def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
 
 
 def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
-    members = _models_in(annotation)
+    members = models_in(annotation)
     if len(members) <= 1:
         return members[0] if members else None
     if isinstance(value, dict) and "class_path" in value:
@@ -850,21 +856,21 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
     return members[0]
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found.extend(_models_in(arg))
+        found.extend(models_in(arg))
     if hasattr(annotation, "__origin__") and getattr(annotation, "__metadata__", None):
-        found.extend(_models_in(annotation.__origin__))
+        found.extend(models_in(annotation.__origin__))
     return list(dict.fromkeys(found))
 
 
 def _collect_union_tags() -> set[str]:
     tags = {"custom"}
     for field in Config.model_fields.values():
-        for member in _models_in(field.annotation):
+        for member in models_in(field.annotation):
             for tag_field in ("name", "source"):
                 if tag_field in member.model_fields:
                     tags.update(

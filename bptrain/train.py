@@ -200,7 +200,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
 
                     if log_now:
                         step_metrics = _step_metrics(
-                            state, window_loss, grad_norm, optimizer, guard
+                            state, window_loss, grad_norm, optimizer, precision, guard
                         )
                         log.log("step", state.step, step_metrics)
                         progress.step(state.step, state.epoch + 1, step_metrics)
@@ -327,7 +327,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         "nonfinite": {"skipped_steps": guard.skipped, "amp_skipped_steps": int(guard.amp_skips)},
         "device": str(device),
         "precision": cfg.trainer.precision,
-        "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
     write_json(run_dir / "summary.json", summary)
     log.close()
@@ -439,8 +439,10 @@ def _step_metrics(
     loss: torch.Tensor,
     grad_norm: torch.Tensor | None,
     optimizer: torch.optim.Optimizer,
+    precision: Precision,
     guard: NonFiniteGuard,
 ) -> dict[str, Any]:
+    """The step line's values, fetched from the device in one transfer."""
     guard.raise_if_failed()  # a log step syncs anyway: the lazy NaN check costs nothing here
     values = torch.stack(
         [
@@ -455,7 +457,8 @@ def _step_metrics(
         "lr": optimizer.param_groups[0]["lr"],
         "grad_norm": values[1],
     }
-    if guard.amp_scaler:
+    if precision.scaler.is_enabled():
+        metrics["loss_scale"] = precision.scaler.get_scale()
         metrics["amp_skipped_steps"] = int(values[2])
     if guard.policy == "skip":
         metrics["skipped_steps"] = guard.skipped
