@@ -103,38 +103,31 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     )  # checkpoints save `model`, never the compiled wrapper
     _check_monitors(cfg, data)
 
-    state = Progress(schedule_steps=total_steps)
+    state, best_weights = Progress(schedule_steps=total_steps), None
+    if saved is not None:  # best_weights: kept for early_stopping.restore_best_weights
+        state, best_weights = _restore(
+            saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
+        )
     run_dir = _run_dir_of(checkpoint_path)
-    ckpt = cfg.trainer.checkpoint
+    if run_dir is not None:
+        rewind_run_dir(run_dir, state.metrics_bytes)
+    else:
+        run_dir = _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+    ckpt, es_cfg = cfg.trainer.checkpoint, cfg.trainer.early_stopping
     tracker = CheckpointTracker(
-        run_dir / "checkpoints" if run_dir else Path(),
-        ckpt.monitor,
-        ckpt.mode,
-        ckpt.save_top_k,
-        ckpt.save_best,
+        run_dir / "checkpoints", ckpt.monitor, ckpt.mode, ckpt.save_top_k, ckpt.save_best
     )
-    es_cfg = cfg.trainer.early_stopping
     stopper = EarlyStopping.from_config(es_cfg) if es_cfg is not None else None
     guard = NonFiniteGuard(
         cfg.trainer.nan_policy, cfg.trainer.max_skipped_steps, device, precision.scaler.is_enabled()
     )
-    best_weights: dict[str, torch.Tensor] | None = None  # early_stopping.restore_best_weights
-    if saved is not None:
-        state, best_weights = _restore(
-            saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
-        )
-        for part, owner in (
-            ("checkpoint_tracker", tracker),
-            ("early_stopping", stopper),
-            ("nan_guard", guard),
-        ):
-            if owner is not None and saved.get(part) is not None:
-                owner.load_state_dict(saved[part])
-    if run_dir is not None:
-        rewind_run_dir(run_dir, state.metrics_bytes if saved else None)
-    else:
-        run_dir = _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
-        tracker.directory = run_dir / "checkpoints"
+    for part, owner in (
+        ("checkpoint_tracker", tracker),
+        ("early_stopping", stopper),
+        ("nan_guard", guard),
+    ):
+        if saved is not None and owner is not None and saved.get(part) is not None:
+            owner.load_state_dict(saved[part])
     _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
     log = _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
     print_run_header(
@@ -186,9 +179,8 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         measure_grad_norm=log_now,
                         guard=guard,
                     )
-                    if (
-                        not guard.last_skipped
-                    ):  # a skipped (non-finite) step adds nothing to train/loss
+                    # a step skipped by nan_policy skip adds nothing to train/loss
+                    if not guard.last_skipped:
                         epoch_loss += window_loss.double() * window_samples
                         state.epoch_samples += window_samples
                     state.batch_in_epoch += len(window)
@@ -216,9 +208,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         state.epoch_loss_sum = float(epoch_loss)
                         save_last()
                 state.epoch_loss_sum = float(epoch_loss)
-                if (
-                    stop.signum is not None
-                ):  # mid-epoch: save where we are, resume continues from here
+                if stop.signum is not None:  # save where we are: resume continues from here
                     save_last()
                     name = signal.Signals(stop.signum).name
                     log.log("event", state.step, {"event": "interrupted", "signal": name})
@@ -245,36 +235,25 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                 epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
                 epoch_metrics["time"] = round(time.perf_counter() - started, 3)
                 if stopper is not None and (validated or not stopper.monitor.startswith("val/")):
-                    stopping = stopper.update(epoch_metrics, state.epoch)
-                    if es_cfg.restore_best_weights and stopper.best_epoch == state.epoch:  # type: ignore[union-attr]
-                        best_weights = {
-                            k: v.detach().to("cpu", copy=True)
-                            for k, v in model.state_dict().items()
-                        }
-                    if stopping:
-                        epoch_metrics["early_stop"] = stopper.reason  # type: ignore[assignment]
+                    best_weights = _early_stopping(
+                        stopper, es_cfg, epoch_metrics, model, best_weights
+                    )
                 log.log("epoch", state.step, epoch_metrics)
                 progress.epoch_end(state.epoch, state.step, epoch_metrics)
                 tracker.update(epoch_metrics, state.epoch, state.step, checkpoint_state, export)
-                if (
-                    state.epoch % ckpt.every_n_epochs == 0
-                    or last_epoch
-                    or (stopper and stopper.should_stop)
-                ):
+                stopping = stopper is not None and stopper.should_stop
+                if state.epoch % ckpt.every_n_epochs == 0 or last_epoch or stopping:
                     save_last()
-    except (
-        KeyboardInterrupt
-    ):  # a second Ctrl-C forced the stop: nothing saved, the last last.pt stands
+    except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
         log.log("event", state.step, {"event": "interrupted", "signal": "SIGINT", "saved": False})
         raise Interrupted(signal.SIGINT, run_dir, saved=False, step=state.step) from None
     except NonFinite as err:
         raise _nan_failure(err, run_dir, state, cfg, log) from None
-    except (
-        OSError
-    ) as err:  # metrics.jsonl, TensorBoard, evaluation files: the disk is the usual suspect
+    except OSError as err:  # metrics.jsonl, TensorBoard: a full disk is the usual suspect
         last = run_dir / "checkpoints" / "last.pt"
         raise TrainingError(
-            f"I/O error while training: {err}. The last good checkpoint is {last if last.exists() else 'not written yet'}."
+            f"I/O error while training: {err}. "
+            f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
         ) from None
     finally:
         progress.close()
@@ -288,18 +267,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         log.log("event", state.step, {"event": "early_stopped", **stopper.state_dict()})
     else:
         stop_reason = (
-            "max_steps reached"
-            if state.step >= total_steps and state.epoch < cfg.trainer.max_epochs
-            else "max_epochs reached"
+            "max_epochs reached" if state.epoch >= cfg.trainer.max_epochs else "max_steps reached"
         )
-    if best_weights is not None:
+    if best_weights is not None:  # early_stopping.restore_best_weights, however the run ended
         model.load_state_dict(best_weights)
-        console.print(
-            f"restored the weights of epoch {stopper.best_epoch} (early_stopping.restore_best_weights)"
-        )  # type: ignore[union-attr]
-    export(
-        run_dir / "checkpoints" / "last.safetensors"
-    )  # the model the run ends with: what test/* measures
+        console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
+    export(run_dir / "checkpoints" / "last.safetensors")  # the final model: what test/* measures
     test_metrics = (
         evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
     )
@@ -471,6 +444,22 @@ def _monitored(metrics: dict[str, float], key: str) -> float:
             f"the monitored metric '{key}' is not logged; available: {', '.join(sorted(metrics))}."
         )
     return metrics[key]
+
+
+def _early_stopping(
+    stopper: EarlyStopping,
+    cfg: Any,
+    metrics: dict[str, Any],
+    model: nn.Module,
+    best_weights: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
+    """Feed this epoch's metrics to early stopping; keep a CPU copy of the best weights if asked."""
+    epoch = metrics["epoch"]
+    if stopper.update(metrics, epoch):
+        metrics["early_stop"] = stopper.reason
+    if cfg.restore_best_weights and stopper.best_epoch == epoch:
+        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return best_weights
 
 
 def _check_monitors(cfg: Config, data: Any) -> None:
