@@ -217,29 +217,12 @@ class CheckpointTracker:
                 False  # not measured this epoch (e.g. no validation), or non-finite: never ranked
             )
         improved = self.better(value, self.best_value)
-        worst = self.top_k[-1]["value"] if self.top_k else None
-        keep = self.save_top_k == -1 or (
-            self.save_top_k > 0 and (len(self.top_k) < self.save_top_k or self.better(value, worst))
-        )
-        if not (keep or (improved and self.save_best)):
-            return improved and self._record_best(value, epoch, step, metrics)
         if improved:
             self._record_best(value, epoch, step, metrics)
-        evicted: list[dict[str, Any]] = []
-        entry = None
-        if keep:
-            entry = {
-                "value": value,
-                "epoch": epoch,
-                "step": step,
-                "file": self.filename(epoch, step, value),
-            }
-            ranked = sorted(
-                [*self.top_k, entry], key=lambda e: e["value"], reverse=self.mode == "max"
-            )
-            limit = len(ranked) if self.save_top_k == -1 else self.save_top_k
-            self.top_k, evicted = ranked[:limit], ranked[limit:]
-        state = make_state()
+        entry, evicted = self._rank(value, epoch, step)
+        if entry is None and not (improved and self.save_best):
+            return improved  # nothing to write
+        state = make_state()  # after the bookkeeping above, so the files record it
         if entry is not None:
             save_checkpoint(state, self.directory / entry["file"])
         if improved and self.save_best:
@@ -253,10 +236,23 @@ class CheckpointTracker:
             (self.directory / old["file"]).unlink(missing_ok=True)
         return improved
 
-    def _record_best(self, value: float, epoch: int, step: int, metrics: dict[str, float]) -> bool:
+    def _rank(self, value: float, epoch: int, step: int) -> tuple[dict | None, list[dict]]:
+        """Insert into the top-k list if it belongs there: (the new entry or None, the evicted entries)."""
+        if self.save_top_k == 0:
+            return None, []
+        full = self.save_top_k != -1 and len(self.top_k) >= self.save_top_k
+        if full and not self.better(value, self.top_k[-1]["value"]):
+            return None, []
+        entry = {"value": value, "epoch": epoch, "step": step}
+        entry["file"] = self.filename(epoch, step, value)
+        ranked = sorted([*self.top_k, entry], key=lambda e: e["value"], reverse=self.mode == "max")
+        limit = len(ranked) if self.save_top_k == -1 else self.save_top_k
+        self.top_k = ranked[:limit]
+        return entry, ranked[limit:]
+
+    def _record_best(self, value: float, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.best_value, self.best_epoch, self.best_step = value, epoch, step
         self.best_metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "train/"))}
-        return True
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json's ``best``: the epoch, the monitor and the metrics of the best validation."""

@@ -84,7 +84,7 @@ class EarlyStopping:
     def update(self, metrics: dict[str, float], epoch: int) -> bool:
         """Record the metrics of a validation at (1-based) `epoch`; return True when training must stop.
 
-        Returns ``improved`` information through ``best_epoch == epoch``.
+        After the call, ``best_epoch == epoch`` says this validation was the new best.
         """
         if self.monitor not in metrics:
             raise UserError(

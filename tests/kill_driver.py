@@ -1,6 +1,6 @@
 """SIGKILL a training run at random moments, resume it each time, and check nothing was lost.
 
-    python tests/kill_driver.py WORKDIR [--kills 20] [--mode fork|exec] [--seed 0]
+    python tests/kill_driver.py WORKDIR [--kills 20] [--mode fork|exec] [--seed 0] [--epochs 10]
 
 ``fork`` imports bptrain once and forks one child per attempt (fast: no interpreter
 start-up per kill); ``exec`` runs ``python -m bptrain fit ... --resume auto`` as a real
@@ -126,6 +126,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--mode", choices=["fork", "exec"], default="fork")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=10, help="10 steps each; more for more kills")
     args = parser.parse_args()
     # bptrain (and torch) are imported before any fork, but no torch op runs in this process
     # before the children are done with it, so forked children never inherit a busy thread pool.
@@ -138,6 +139,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = work / "kill.yaml"
     CONFIG["logging"]["run_dir"] = str(work / "runs")
+    CONFIG["trainer"]["max_epochs"] = args.epochs
     config.write_text(yaml.safe_dump(CONFIG))
     rng = random.Random(args.seed)
 
