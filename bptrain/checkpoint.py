@@ -1,11 +1,17 @@
-"""What a checkpoint holds, and writing/reading it so that no crash can lose the last good one.
+"""Checkpoint files: atomic writes, weights-only reads, best/top-k ranking, safetensors export.
 
 Saving writes to a temporary file in the same directory, flushes and fsyncs it,
 then renames it over the target (atomic on POSIX) and fsyncs the directory: a
 kill at any moment leaves either the old file or the new one, never half of one.
+A write that fails (full disk, read-only directory) raises a TrainingError saying
+the previous file is intact.
 
-Loading uses ``torch.load(weights_only=True)``: only tensors and plain Python
-containers are unpickled, so a crafted file cannot run code.
+Loading uses ``torch.load(weights_only=True)`` and nothing else: only tensors and
+plain Python containers are unpickled, so a crafted file cannot run code.
+
+What a checkpoint holds is assembled by the loop (``train._checkpoint_state``);
+``CheckpointTracker`` decides which validations become best.pt and top-k files.
+See docs/checkpointing.md.
 """
 
 from __future__ import annotations
