@@ -653,4 +653,6 @@ def _restore(
             "[yellow]warning:[/yellow] the data order of this epoch differs from the checkpoint's "
             "(another torch version?): the resumed run will not reproduce the original exactly."
         )
-    return state, saved.get("early_stopping_best_weights")
+    es = cfg.trainer.early_stopping
+    keep = es is not None and es.restore_best_weights  # the resumed config decides
+    return state, saved.get("early_stopping_best_weights") if keep else None
