@@ -106,9 +106,7 @@ class GradFlowMonitor:
     def update_ratios(self) -> dict[str, Tensor]:
         """‖ΔW‖/‖W‖ per layer for the step since ``snapshot_weights`` (healthy: around 1e-3)."""
         if self._before is None:
-            raise RuntimeError(
-                "call snapshot_weights() before optimizer.step(), then update_ratios()"
-            )
+            raise RuntimeError("call snapshot_weights() before optimizer.step(), then update_ratios()")
         with torch.no_grad():
             current = [p.detach() for p in self.params]
             deltas = torch._foreach_sub(current, self._before)
