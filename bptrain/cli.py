@@ -213,6 +213,9 @@ def grad_inspect(
     def run() -> int:
         from bptrain.diagnostics.command import run_grad_inspect
 
+        to_stdout = json_path is not None and str(json_path) == "-"
+        stream = sys.stderr if to_stdout else sys.stdout
+
         return run_grad_inspect(
             config,
             overrides or [],
@@ -225,7 +228,8 @@ def grad_inspect(
             sweep=sweep or [],
             noise=noise,
             curvature=curvature,
-            console=Console(stderr=json_path is not None and str(json_path) == "-"),
+            # Wide when writing to a file or pipe: the per-layer table has many columns.
+            console=Console(stderr=to_stdout, width=None if stream.isatty() else 160),
         )
 
     code = _guarded(run)
