@@ -14,7 +14,7 @@ from bptrain.data import build_data
 from bptrain.errors import UserError
 from bptrain.evaluate import evaluate
 from bptrain.losses import build_objective
-from bptrain.models import build_model
+from bptrain.models import build_model, takes_token_ids
 from bptrain.runtime import Precision, resolve_device, seed_everything
 
 
@@ -64,7 +64,9 @@ def load_into(
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, deterministic=False)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    data = build_data(
+        cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model)
+    )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name).to(device)
     objective.loss_fn.to(device)

@@ -35,7 +35,7 @@ from bptrain.data import Batches, build_data
 from bptrain.errors import TrainingError, UserError
 from bptrain.evaluate import evaluate
 from bptrain.losses import Objective, build_objective
-from bptrain.models import build_model
+from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
 from bptrain.runlog import RunLog, create_run_dir, write_json
@@ -72,9 +72,13 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     # ------------------------------------------------------------------ setup
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    data = build_data(
+        cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model)
+    )
     objective = build_objective(cfg.loss, data.spec)
-    model = build_model(cfg.model, data.spec, objective.name).to(device)
+    model = build_model(
+        cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing
+    ).to(device)
     objective.loss_fn.to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     accumulate = cfg.trainer.accumulate_grad_batches
