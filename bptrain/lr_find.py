@@ -73,17 +73,26 @@ def range_test(
     objective.loss_fn.to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     precision = Precision.create(cfg.trainer.precision, device)
+    lrs = lr_schedule(start_lr, end_lr, steps)
+    return sweep_lrs(
+        model, data.train, objective, optimizer, precision, cfg, lrs, smoothing, diverge
+    )
+
+
+def sweep_lrs(
+    model, batches, objective, optimizer, precision, cfg, lrs, smoothing=0.9, diverge=4.0
+) -> RangeTest:
+    """Train one step per LR in ``lrs``, recording the loss; the model's weights are restored after."""
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        return _sweep_lrs(
-            model, data.train, objective, optimizer, precision, cfg,
-            lr_schedule(start_lr, end_lr, steps), smoothing, diverge,
-        )  # fmt: skip
+        return _record(
+            model, batches, objective, optimizer, precision, cfg, lrs, smoothing, diverge
+        )
     finally:
-        model.load_state_dict(initial)  # leave the model as it was built
+        model.load_state_dict(initial)
 
 
-def _sweep_lrs(
+def _record(
     model, batches, objective, optimizer, precision, cfg, lrs, smoothing, diverge
 ) -> RangeTest:
     result = RangeTest()

@@ -402,7 +402,7 @@ def _checkpoint_state(
             "num_classes": spec.num_classes,
             "target_shape": list(spec.target_shape),
         },
-        "versions": {"bptrain": bptrain.__version__, "torch": torch.__version__},
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
 
 
