@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
@@ -44,7 +46,9 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         self.activation_checkpointing = activation_checkpointing
-        self.segments = max(len(hidden), 1)
+        # sqrt(depth) segments (Chen et al., 2016): keeps ~sqrt(n) segment inputs plus one
+        # segment's activations, instead of n layers' (one segment per layer would save nothing).
+        self.segments = max(1, round(math.sqrt(len(hidden))))
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -68,7 +72,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            # One segment per hidden layer; only segment inputs are kept, the rest is recomputed.
+            # Only segment inputs are kept; the rest is recomputed during the backward pass.
             return checkpoint_sequential(self.net, self.segments, x, use_reentrant=False)
         return self.net(x)
 
