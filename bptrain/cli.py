@@ -255,6 +255,9 @@ def sweep(
                 f"sweep stopped by {stop}; run the same command again to resume it."
             )
             return 128 + int(stop.signum)
+        except KeyboardInterrupt:  # --jobs > 1: the runs were stopped by the same Ctrl-C
+            _stderr_console().print("sweep interrupted; run the same command again to resume it.")
+            return 130
         return EXIT_TRAINING_FAILED if any(row["status"] != "ok" for row in rows) else 0
 
     code = _guarded(run)

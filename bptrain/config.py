@@ -300,14 +300,7 @@ class CustomModel(Section):
     """Parameter-name patterns (fnmatch, e.g. `encoder.*`) to freeze."""
 
 
-class _BuiltinCommon(Section):
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
-
-
-class CNNModel(_BuiltinCommon):
+class CNNModel(Section):
     name: Literal["cnn", "cnn1d"]
     """Convolutional network. `cnn`: 2-D, for images (N, C, H, W) (2-D (N, H, W) inputs get one channel). `cnn1d`: 1-D, for signals and time series (N, T, F) (or (N, C, L) with channels_first). Per stage: [downsample] then conv blocks (conv -> [norm] -> activation), or residual blocks (a small ResNet); then global pooling, dropout and a linear head."""
     channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128])
@@ -336,9 +329,19 @@ class CNNModel(_BuiltinCommon):
     """Negative slope of leaky_relu."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout before the linear head."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
+
+    @model_validator(mode="after")
+    def _channels_first_is_1d(self) -> CNNModel:
+        if self.channels_first and self.name != "cnn1d":
+            raise ValueError("channels_first applies to cnn1d; cnn images are always (N, C, H, W)")
+        return self
 
 
-class RNNModel(_BuiltinCommon):
+class RNNModel(Section):
     name: Literal["rnn"]
     """Recurrent network for sequences (N, T, F), or token ids (N, T) with vocab_size. Many-to-one (the last step, or a pooled summary, feeds a linear head; the output size follows the targets' shape) or many-to-many (a head at every step)."""
     cell: Literal["rnn", "lstm", "gru"] = "lstm"
@@ -365,9 +368,13 @@ class RNNModel(_BuiltinCommon):
     """Inputs are integer token ids below vocab_size (N, T), embedded before the recurrence. null: real-valued features."""
     embedding_dim: int = Field(32, ge=1)
     """Embedding width when vocab_size is set."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `rnn.*`) to freeze."""
 
 
-class TransformerModel(_BuiltinCommon):
+class TransformerModel(Section):
     name: Literal["transformer"]
     """A small Transformer encoder for sequences: token embedding (vocab_size) or a linear projection of (N, T, F) features, positional encoding, pre-norm blocks (self-attention and an MLP, each inside a residual), a final LayerNorm, then a pooled head (many-to-one) or a head per step (many-to-many)."""
     d_model: int = Field(64, ge=1)
@@ -396,6 +403,10 @@ class TransformerModel(_BuiltinCommon):
     """Inputs are integer token ids below vocab_size (N, T). null: real-valued features (N, T, F), projected linearly."""
     init: Init = "default"
     """Weight initialisation of the linear layers (see mlp); `default` keeps PyTorch's."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TransformerModel:

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from bptrain.config import validate_config
-from bptrain.data import build_data, synthetic
+from bptrain.config import LossConfig, validate_config
+from bptrain.data import DataSpec, build_data, synthetic
+from bptrain.data.loaders import TensorBatches
 from bptrain.errors import UserError
+from bptrain.evaluate import evaluate
+from bptrain.losses import build_objective
+from bptrain.runtime import Precision
 
 CPU = torch.device("cpu")
 
@@ -141,3 +145,20 @@ def test_sine_series_forecasts_the_next_values():
     x, y = synthetic.sine_series(10, 30, 4, 0.0, np.random.default_rng(0))
     assert x.shape == (10, 30, 1) and y.shape == (10, 4)
     assert np.all(np.abs(y) <= 1)
+
+
+def test_per_step_accuracy_counts_every_step_once():
+    """With labels (N, T), accuracy is over the N x T labels, not the N sequences."""
+    y = torch.tensor([[0, 1, 2, 0], [1, 1, 0, 0], [2, 0, 0, 1]])
+    objective = build_objective(LossConfig(), DataSpec("classification", (4, 1), 3, (4,)))
+
+    class AlwaysZero(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(len(x), 4, dtype=torch.long), 3).float()
+
+    batches = TensorBatches(
+        torch.zeros(3, 4, 1), y, batch_size=2, shuffle=False, drop_last=False,
+        seed=0, rank=0, world_size=1, even_shards=False,
+    )  # fmt: skip
+    metrics = evaluate(AlwaysZero(), batches, objective, Precision.create("32", CPU), "val")
+    assert metrics["val/acc"] == pytest.approx(6 / 12)  # six of the twelve labels are 0

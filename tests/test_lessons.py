@@ -76,6 +76,7 @@ SHIPPED_OUTCOMES = {
     "lstm_forecast": ("val/loss", "<", 0.01),
     "transformer_majority": ("val/acc", ">", 0.9),
     "adding_problem": ("val/loss", "<", 0.01),
+    "copy_memory": ("val/acc", ">", 0.9),
 }
 
 
