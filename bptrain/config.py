@@ -58,7 +58,7 @@ class DataCommon(Section):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction held out as a test split when the source has none (seeded). 0 means no test split."""
     normalize: bool = False
-    """Standardise input features with the mean/std of the training split only."""
+    """Standardise inputs with the mean/std of the training split only: per feature for (N, F), per feature over samples and steps for sequences (N, T, F), per channel over samples and pixels for images (N, C, H, W). Token ids are never normalised."""
     loader: Literal["auto", "tensor", "dataloader"] = "auto"
     """How batches are made. `tensor`: whole batches indexed from in-memory tensors (on the training device when they fit); `dataloader`: a torch DataLoader with workers and pinned memory; `auto`: `tensor` for in-memory data."""
     num_workers: int = Field(2, ge=0)
