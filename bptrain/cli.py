@@ -237,6 +237,100 @@ def grad_inspect(
         raise typer.Exit(code)
 
 
+@app.command()
+def sweep(
+    config: ConfigArg,
+    axes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=V1,V2,... per swept key (values parsed as YAML; lists stay whole: model.hidden=[64,64],[128]). "
+            "Every combination is run.",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to repeat each variant with, e.g. 0,1,2 (mean ± std).")
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Variants run at once (>1: as subprocesses sharing the CPU threads)."
+        ),
+    ] = 1,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A KEY=VALUE override applied to every variant (repeatable)."),
+    ] = None,
+) -> None:
+    """Train every combination of the given values (and seeds) and compare them in one table.
+
+    Runs go to <logging.run_dir>/<name>-sweep/ (tensorboard --logdir there overlays them); the table is printed and saved as sweep.csv, sweep.json and sweep.md. Running the same sweep again skips finished variants and resumes interrupted ones. Exit 1 if any variant failed.
+    """
+    from rich.console import Console
+
+    def run() -> int:
+        from bptrain.sweep import run_sweep
+        from bptrain.train import Interrupted
+
+        try:
+            rows, _ = run_sweep(config, axes or [], override or [], seeds, jobs, Console())
+        except Interrupted as stop:
+            _stderr_console().print(
+                f"sweep stopped by {stop}; run the same command again to resume it."
+            )
+            return 128 + int(stop.signum)
+        except KeyboardInterrupt:  # --jobs > 1: the runs were stopped by the same Ctrl-C
+            _stderr_console().print("sweep interrupted; run the same command again to resume it.")
+            return 130
+        return EXIT_TRAINING_FAILED if any(row["status"] != "ok" for row in rows) else 0
+
+    code = _guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(name="lr-find")
+def lr_find(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
+    end_lr: Annotated[
+        float, typer.Option(help="Last learning rate (if the loss has not diverged by then).")
+    ] = 10.0,
+    steps: Annotated[int, typer.Option(min=2, help="Optimizer steps over the LR range.")] = 200,
+    smoothing: Annotated[
+        float, typer.Option(help="Exponential smoothing of the loss (0: none).")
+    ] = 0.9,
+    diverge: Annotated[
+        float,
+        typer.Option(help="Stop when the smoothed loss exceeds this multiple of its minimum."),
+    ] = 4.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for lr_find.json/csv (default: a new <run_dir>/<name>-lr-find/<time>/)."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also write the curve as a PNG (needs matplotlib).")
+    ] = None,
+) -> None:
+    """The learning-rate range test: raise the LR exponentially, watch the loss, suggest an LR.
+
+    Uses CONFIG's data, model, optimizer, grad clipping and precision (its scheduler is ignored); the trained weights are thrown away.
+    """
+    from rich.console import Console
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.lr_find import run_lr_find
+
+        cfg = load_config(config, overrides or [])
+        run_lr_find(cfg, Console(), start_lr, end_lr, steps, smoothing, diverge, out, plot)
+
+    _guarded(run)
+
+
 @config_app.command("show")
 def config_show(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Print the fully resolved config (every default spelled out) as YAML."""

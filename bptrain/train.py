@@ -50,7 +50,7 @@ from bptrain.errors import TrainingError, UserError
 from bptrain.evaluate import evaluate
 from bptrain.faults import Interrupted, NonFinite, NonFiniteGuard, StopFlag, locate_nonfinite
 from bptrain.losses import Objective, build_objective
-from bptrain.models import build_model
+from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
 from bptrain.runlog import RunLog, create_run_dir, write_json
@@ -79,9 +79,11 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     # ------------------------------------------------------------------ setup
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    data = build_data(
+        cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model)
+    )
     objective = build_objective(cfg.loss, data.spec)
-    model = build_model(cfg.model, data.spec, objective.name)
+    model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
     saved, checkpoint_path = _load_resume(cfg, resume)
     if saved is None and cfg.model.init_from is not None:  # resuming restores weights anyway
         console.print(describe_init(init_from(model, cfg.model.init_from, cfg.model.init_strict)))

@@ -63,19 +63,15 @@ def inspect_config(config_path: Path, overrides: list[str], checkpoint: Path | N
 
     from bptrain.checkpoint import load_checkpoint, model_state
     from bptrain.config import load_config
-    from bptrain.data import build_data
-    from bptrain.losses import build_objective
-    from bptrain.models import build_model
     from bptrain.optim import build_optimizer
     from bptrain.runtime import resolve_device, seed_everything
+    from bptrain.setup import build_setup
 
     cfg = load_config(config_path, overrides)
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, False)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
-    objective = build_objective(cfg.loss, data.spec)
-    model = build_model(cfg.model, data.spec, objective.name).to(device)
-    objective.loss_fn.to(device)
+    setup = build_setup(cfg, device, transfer=checkpoint is None)
+    data, objective, model = setup.data, setup.objective, setup.model
     if checkpoint is not None:
         state = model_state(load_checkpoint(checkpoint, map_location=device), checkpoint)
         try:
