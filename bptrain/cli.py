@@ -47,6 +47,26 @@ OverridesArg = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from bptrain import __version__
+
+        typer.echo(f"bptrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Train PyTorch models from YAML configs, and see how backpropagation flows through them."""
+
+
 def _stderr_console() -> Any:
     from rich.console import Console
 
@@ -58,10 +78,12 @@ def _guarded(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except UserError as err:
-        _stderr_console().print(f"[bold red]error:[/bold red] {_escape(str(err))}")
+        _stderr_console().print(f"[bold red]error:[/bold red] {_escape(str(err))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except TrainingError as err:
-        _stderr_console().print(f"[bold red]training failed:[/bold red] {_escape(str(err))}")
+        _stderr_console().print(
+            f"[bold red]training failed:[/bold red] {_escape(str(err))}", soft_wrap=True
+        )
         raise typer.Exit(EXIT_TRAINING_FAILED) from None
 
 
@@ -95,11 +117,9 @@ def fit(
         try:
             run_fit(cfg, Console(), resume=resume)
         except Interrupted as stop:
-            _stderr_console().print(
-                f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
-                f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
-            )
-            raise typer.Exit(128 + int(stop.signum)) from None
+            command = " ".join(["bptrain fit", str(config), *(overrides or [])])
+            _stderr_console().print(_escape(stop.hint(command)), soft_wrap=True)
+            raise typer.Exit(stop.exit_code) from None
 
     _guarded(run)
 
@@ -198,6 +218,9 @@ def grad_inspect(
     def run() -> int:
         from bptrain.diagnostics.command import run_grad_inspect
 
+        to_stdout = json_path is not None and str(json_path) == "-"
+        stream = sys.stderr if to_stdout else sys.stdout
+
         return run_grad_inspect(
             config,
             overrides or [],
@@ -210,12 +233,107 @@ def grad_inspect(
             sweep=sweep or [],
             noise=noise,
             curvature=curvature,
-            console=Console(stderr=json_path is not None and str(json_path) == "-"),
+            # Wide when writing to a file or pipe: the per-layer table has many columns.
+            console=Console(stderr=to_stdout, width=None if stream.isatty() else 160),
         )
 
     code = _guarded(run)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    axes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=V1,V2,... per swept key (values parsed as YAML; lists stay whole: model.hidden=[64,64],[128]). "
+            "Every combination is run.",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to repeat each variant with, e.g. 0,1,2 (mean ± std).")
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Variants run at once (>1: as subprocesses sharing the CPU threads)."
+        ),
+    ] = 1,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A KEY=VALUE override applied to every variant (repeatable)."),
+    ] = None,
+) -> None:
+    """Train every combination of the given values (and seeds) and compare them in one table.
+
+    Runs go to <logging.run_dir>/<name>-sweep/ (tensorboard --logdir there overlays them); the table is printed and saved as sweep.csv, sweep.json and sweep.md. Running the same sweep again skips finished variants and resumes interrupted ones. Exit 1 if any variant failed.
+    """
+    from rich.console import Console
+
+    def run() -> int:
+        from bptrain.sweep import run_sweep
+        from bptrain.train import Interrupted
+
+        try:
+            rows, _ = run_sweep(config, axes or [], override or [], seeds, jobs, Console())
+        except Interrupted as stop:
+            _stderr_console().print(
+                f"sweep stopped by {stop}; run the same command again to resume it."
+            )
+            return 128 + int(stop.signum)
+        except KeyboardInterrupt:  # --jobs > 1: the runs were stopped by the same Ctrl-C
+            _stderr_console().print("sweep interrupted; run the same command again to resume it.")
+            return 130
+        return EXIT_TRAINING_FAILED if any(row["status"] != "ok" for row in rows) else 0
+
+    code = _guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(name="lr-find")
+def lr_find(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
+    end_lr: Annotated[
+        float, typer.Option(help="Last learning rate (if the loss has not diverged by then).")
+    ] = 10.0,
+    steps: Annotated[int, typer.Option(min=2, help="Optimizer steps over the LR range.")] = 200,
+    smoothing: Annotated[
+        float, typer.Option(help="Exponential smoothing of the loss (0: none).")
+    ] = 0.9,
+    diverge: Annotated[
+        float,
+        typer.Option(help="Stop when the smoothed loss exceeds this multiple of its minimum."),
+    ] = 4.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for lr_find.json/csv (default: a new <run_dir>/<name>-lr-find/<time>/)."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also write the curve as a PNG (needs matplotlib).")
+    ] = None,
+) -> None:
+    """The learning-rate range test: raise the LR exponentially, watch the loss, suggest an LR.
+
+    Uses CONFIG's data, model, optimizer, grad clipping and precision (its scheduler is ignored); the trained weights are thrown away.
+    """
+    from rich.console import Console
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.lr_find import run_lr_find
+
+        cfg = load_config(config, overrides or [])
+        run_lr_find(cfg, Console(), start_lr, end_lr, steps, smoothing, diverge, out, plot)
+
+    _guarded(run)
 
 
 @config_app.command("show")

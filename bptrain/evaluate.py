@@ -20,7 +20,7 @@ def evaluate(
     device = precision.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    samples = 0
+    samples = targets = 0  # targets > samples with per-step labels: accuracy is per label
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast():
@@ -31,9 +31,10 @@ def evaluate(
         if hits is not None:
             correct += hits
         samples += len(x)
+        targets += y.numel() if objective.task == "classification" else len(x)
     model.train(was_training)
     totals = torch.stack([loss_sum, correct.double()]).tolist()
     metrics = {f"{prefix}/loss": totals[0] / max(samples, 1)}
     if objective.task == "classification":
-        metrics[f"{prefix}/acc"] = totals[1] / max(samples, 1)
+        metrics[f"{prefix}/acc"] = totals[1] / max(targets, 1)
     return metrics

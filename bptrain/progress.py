@@ -57,7 +57,7 @@ class ConsoleProgress:
                 console=console,
                 transient=False,
             )
-            self.task = self.bar.add_task("train", total=total_steps, epoch=0, info="")
+            self.task = self.bar.add_task("train", total=total_steps, epoch=1, info="")
             self.bar.start()
 
     def step(self, step: int, epoch: int, metrics: dict[str, Any] | None = None) -> None:

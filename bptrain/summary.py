@@ -44,8 +44,11 @@ def print_run_header(
     )
     console.print(
         f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes} | "
-        f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters | "
-        f"device {device}, precision {cfg.trainer.precision} | {total_steps} optimizer steps"
+        f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters"
+        + (f" ({total - trainable:,} frozen)" if total > trainable else "")
+        + " | "
+        f"device {device}, precision {cfg.trainer.precision} | {total_steps} optimizer steps",
+        soft_wrap=True,
     )
 
 
@@ -66,7 +69,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s", "")
     console.print(table)
-    console.print(f"wrote {summary['run_dir']}/summary.json")
+    console.print(f"wrote {summary['run_dir']}/summary.json", soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:
