@@ -348,6 +348,7 @@ def lockstep(settings: Settings, config: Path) -> list[Row]:
 
     from bptrain.config import load_config
     from bptrain.data import build_data
+    from bptrain.faults import NonFiniteGuard
     from bptrain.losses import build_objective
     from bptrain.models import build_model
     from bptrain.optim import build_optimizer
@@ -370,6 +371,10 @@ def lockstep(settings: Settings, config: Path) -> list[Row]:
     out = settings.work / "lockstep"
     out.mkdir(exist_ok=True)
     log = RunLog(out, tensorboard=False)
+    # what fit passes to train_step: trainer.nan_policy's check (on CPU: every step, eagerly)
+    guard = NonFiniteGuard(
+        cfg.trainer.nan_policy, cfg.trainer.max_skipped_steps, device, precision.scaler.is_enabled()
+    )
     (settings.work / "lockstep-tb").mkdir(exist_ok=True)
     tb_log = RunLog(settings.work / "lockstep-tb", tensorboard=True)
     progress = type("P", (), {"epoch": 0})()
@@ -377,9 +382,11 @@ def lockstep(settings: Settings, config: Path) -> list[Row]:
     def bptrain_step(x: torch.Tensor, y: torch.Tensor, logged: bool, to: Any = log) -> float:
         """What fit does for one step: train_step, and at a log step the norm and the record."""
         start = time.perf_counter()
-        loss, _, norm = train_step(ours, [(x, y)], objective, our_opt, precision, cfg, logged)
+        loss, _, norm = train_step(
+            ours, [(x, y)], objective, our_opt, precision, cfg, logged, guard
+        )
         if logged:
-            to.log("step", 1, _step_metrics(progress, loss, norm, our_opt))
+            to.log("step", 1, _step_metrics(progress, loss, norm, our_opt, precision, guard))
         return time.perf_counter() - start
 
     def hand_step(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -20,7 +20,8 @@ from rich.console import Console
 from torch import nn
 
 from bptrain.config import load_config
-from bptrain.train import _total_norm, fit
+from bptrain.faults import total_norm
+from bptrain.train import fit
 
 
 def hand_written(data: Path, epochs: int, batch: int, seed: int = 0) -> list[float]:
@@ -86,9 +87,9 @@ def test_fast_total_norm_equals_torch(dtype: torch.dtype):
         torch.randn(5, 64, dtype=dtype) * 1e-3,
     ]
     expected = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
-    assert torch.equal(_total_norm(grads), expected)
+    assert torch.equal(total_norm(grads), expected)
 
 
 def test_fast_total_norm_handles_mixed_dtypes():
     grads = [torch.ones(4), torch.ones(5, dtype=torch.float64)]
-    assert _total_norm(grads).item() == pytest.approx(3.0)
+    assert total_norm(grads).item() == pytest.approx(3.0)

@@ -4,6 +4,11 @@ On a GPU every ``.item()``, ``.tolist()``, ``float(t)``, ``if t:`` ... copies a 
 host and stalls the pipeline. These tests count such calls made *by bptrain's own code*
 during ``fit`` on CPU (the calls are the same on any device) and check that the count does
 not grow with the number of steps: only log steps and epoch ends may read values back.
+
+Where bptrain picks a code path by device, the tests run the GPU one: the non-finite guard
+(``trainer.nan_policy: stop``) checks every step eagerly on CPU, where a host read costs
+nothing, and lazily on a GPU; ``gpu_paths`` makes it take the lazy path here.
+``nan_policy: skip`` must decide before each update and reads one value per step by design.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rich.console import Console
 
 import bptrain
 from bptrain.config import load_config
+from bptrain.faults import NonFiniteGuard
 from bptrain.train import fit
 
 PACKAGE = str(Path(bptrain.__file__).parent)
@@ -54,6 +60,18 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
     for name in SYNCING:
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     return counts
+
+
+@pytest.fixture
+def gpu_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make device-dependent choices as they are made on a GPU."""
+    original = NonFiniteGuard.__init__
+
+    def as_on_gpu(self, policy: str, *args, **kwargs) -> None:
+        original(self, policy, *args, **kwargs)
+        self.eager = policy == "skip"  # what __init__ decides for a CUDA device
+
+    monkeypatch.setattr(NonFiniteGuard, "__init__", as_on_gpu)
 
 
 def run(tmp_path: Path, batch_size: int, log_every: int, extra: list[str] = ()) -> None:
@@ -92,7 +110,9 @@ def run(tmp_path: Path, batch_size: int, log_every: int, extra: list[str] = ()) 
     ],
     ids=["defaults", "clip-accumulate-schedule"],
 )
-def test_host_reads_do_not_grow_with_steps(tmp_path: Path, host_reads: Counter, extra: list[str]):
+def test_host_reads_do_not_grow_with_steps(
+    tmp_path: Path, host_reads: Counter, gpu_paths: None, extra: list[str]
+):
     run(tmp_path / "few", batch_size=90, log_every=10**9, extra=extra)  # 4 steps per epoch
     few = dict(host_reads)
     host_reads.clear()
@@ -100,7 +120,7 @@ def test_host_reads_do_not_grow_with_steps(tmp_path: Path, host_reads: Counter, 
     assert dict(host_reads) == few, "a host read per step crept into the loop"
 
 
-def test_the_counter_sees_log_step_reads(tmp_path: Path, host_reads: Counter):
+def test_the_counter_sees_log_step_reads(tmp_path: Path, host_reads: Counter, gpu_paths: None):
     """Logging every step must read values every step: proves the counter is not blind."""
     run(tmp_path / "quiet", batch_size=10, log_every=10**9)
     quiet = sum(host_reads.values())
