@@ -510,7 +510,9 @@ def data_path(settings: Settings) -> list[Row]:
     loaders = {
         "tensor": TensorBatches(x, y, **common),
         "dataloader": DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True),
-        "bptrain_dataloader": DataLoaderBatches(x, y, num_workers=0, pin_memory=False, **common),
+        "bptrain_dataloader": DataLoaderBatches(
+            TensorDataset(x, y), num_workers=0, pin_memory=False, **common
+        ),
     }
 
     def timer(loader: Any) -> Callable[[int], float]:
