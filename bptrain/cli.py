@@ -11,6 +11,7 @@ checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -98,25 +99,53 @@ def fit(
             help="Continue a run: 'auto' (newest run of this config, or start fresh), a run directory, or a last.pt path."
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train with DDP in N processes on this machine (torch's elastic launcher, as torchrun --standalone). "
+            "batch_size is per process. See docs/cluster.md.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model as CONFIG describes; writes a run directory with metrics, TensorBoard events and checkpoints."""
     from rich.console import Console
 
     from bptrain.config import load_config
 
+    if nproc is not None:
+        _guarded(lambda: load_config(config, overrides or []))  # a bad config fails once, here
+        from bptrain.distributed import launch, launched_world_size
+
+        if launched_world_size() is not None:
+            _stderr_console().print(
+                "[bold red]error:[/bold red] --nproc starts its own processes; this one was already "
+                "started by a launcher (torchrun/srun). Drop --nproc."
+            )
+            raise typer.Exit(EXIT_USAGE)
+        args = ["fit", str(config), *(overrides or []), *(["--resume", resume] if resume else [])]
+        code = launch(nproc, args)
+        if code:
+            raise typer.Exit(code)
+        return
+
     def run() -> None:
         cfg = load_config(config, overrides or [])
+        from bptrain.distributed import teardown
         from bptrain.train import Interrupted
         from bptrain.train import fit as run_fit
 
         try:
             run_fit(cfg, Console(), resume=resume)
         except Interrupted as stop:
-            _stderr_console().print(
-                f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
-                f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
-            )
+            if os.environ.get("RANK", "0") == "0":  # under DDP, one message is enough
+                _stderr_console().print(
+                    f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
+                    f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
+                )
             raise typer.Exit(128 + int(stop.signum)) from None
+        finally:
+            teardown()
 
     _guarded(run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bptrain import distributed
 from bptrain.data import Batches
 from bptrain.losses import Objective
 from bptrain.runtime import Precision
@@ -14,7 +15,13 @@ from bptrain.runtime import Precision
 def evaluate(
     model: nn.Module, batches: Batches, objective: Objective, precision: Precision, prefix: str
 ) -> dict[str, float]:
-    """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end."""
+    """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end.
+
+    Under DDP every rank must call it: each evaluates its disjoint shard, and the sums of
+    loss x samples, correct and samples are all-reduced, so the metrics are exactly those of
+    one process evaluating the whole split (up to float rounding of the loss).
+    """
+    distributed.sync_buffers(model)
     was_training = model.training
     model.eval()
     device = precision.device
@@ -32,8 +39,9 @@ def evaluate(
             correct += hits
         samples += len(x)
     model.train(was_training)
-    totals = torch.stack([loss_sum, correct.double()]).tolist()
-    metrics = {f"{prefix}/loss": totals[0] / max(samples, 1)}
+    count = torch.tensor(samples, device=device, dtype=torch.float64)
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), count])).tolist()
+    metrics = {f"{prefix}/loss": totals[0] / max(totals[2], 1)}
     if objective.task == "classification":
-        metrics[f"{prefix}/acc"] = totals[1] / max(samples, 1)
+        metrics[f"{prefix}/acc"] = totals[1] / max(totals[2], 1)
     return metrics

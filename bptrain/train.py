@@ -29,6 +29,7 @@ from rich.console import Console
 from torch import nn
 
 import bptrain
+from bptrain import distributed
 from bptrain.checkpoint import load_checkpoint, model_state, save_checkpoint
 from bptrain.config import Config, to_dict, to_yaml
 from bptrain.data import Batches, build_data
@@ -39,7 +40,7 @@ from bptrain.models import build_model
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
 from bptrain.runlog import RunLog, create_run_dir, write_json
-from bptrain.runtime import Precision, resolve_device, rng_state, seed_everything, set_rng_state
+from bptrain.runtime import Precision, rng_state, seed_everything, set_rng_state
 from bptrain.summary import print_run_header, print_summary
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -70,9 +71,15 @@ class Interrupted(Exception):
 def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
     """Train as the config says; return the summary (also written to summary.json)."""
     # ------------------------------------------------------------------ setup
-    device = resolve_device(cfg.trainer.device)
-    seed_everything(cfg.seed, cfg.trainer.deterministic)
-    data = build_data(cfg.data, seed=cfg.seed, device=device)
+    # one rank of a DDP job when a launcher (torchrun, --nproc, srun) started us, else one process
+    dist = distributed.setup(cfg.trainer.device, cfg.trainer.strategy)
+    device = dist.device
+    if not dist.is_main:  # rank 0 prints and writes; the others train silently
+        console = Console(quiet=True)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
+    data = build_data(
+        cfg.data, seed=cfg.seed, device=device, rank=dist.rank, world_size=dist.world_size
+    )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name).to(device)
     objective.loss_fn.to(device)
@@ -84,31 +91,40 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         total_steps = min(total_steps, cfg.trainer.max_steps)
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, total_steps)
     precision = Precision.create(cfg.trainer.precision, device)
+    forward = distributed.wrap(model, dist)  # DDP when distributed
     forward = (
-        torch.compile(model) if cfg.trainer.compile else model
-    )  # checkpoints save `model`, never the compiled wrapper
+        torch.compile(forward) if cfg.trainer.compile else forward
+    )  # checkpoints save `model`, never the DDP or compiled wrapper
 
     state = Progress()
-    checkpoint_path = _resume_path(cfg, resume)
+    checkpoint_path = distributed.broadcast(_resume_path(cfg, resume))  # rank 0 decides
     if checkpoint_path is not None:
         run_dir = checkpoint_path.parent.parent
         state = _restore(checkpoint_path, cfg, data.spec, model, optimizer, scheduler, precision)
     else:
-        run_dir = create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run")
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    log = RunLog(run_dir, cfg.logging.tensorboard)
+        run_dir = distributed.broadcast(
+            create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run") if dist.is_main else None
+        )
+        if dist.is_main:
+            (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    log = RunLog(run_dir, cfg.logging.tensorboard) if dist.is_main else distributed.NullLog()
     print_run_header(
         console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
     )
+    console.print(dist.describe(cfg.data.batch_size, accumulate))
 
     def save_last() -> None:
+        if not dist.is_main:
+            return
         state_dict = _checkpoint_state(
             cfg, data.spec, model, optimizer, scheduler, precision, state
         )
         save_checkpoint(state_dict, run_dir / "checkpoints" / "last.pt")
 
     # ------------------------------------------------------------------ train
-    progress = ConsoleProgress(console, cfg.logging.progress, total_steps)
+    progress = ConsoleProgress(
+        console, cfg.logging.progress if dist.is_main else "off", total_steps
+    )
     stop = _StopFlag()
     status, started = "completed", time.perf_counter()
     epoch_metrics: dict[str, float] = {}
@@ -137,11 +153,17 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         scheduler.step()
 
                     if log_now:
-                        step_metrics = _step_metrics(state, window_loss, grad_norm, optimizer, precision)
+                        # train/loss averaged over ranks; grad_norm is of the synced gradients
+                        window_loss = distributed.mean_over_ranks(window_loss)
+                        step_metrics = _step_metrics(
+                            state, window_loss, grad_norm, optimizer, precision
+                        )
                         log.log("step", state.step, step_metrics)
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
                         progress.step(state.step, state.epoch + 1)
+                    # every rank stops after the same step, even if only some got the signal
+                    stop.signum = distributed.agree_on_signal(stop.signum)
                     if stop.signum is not None or state.step >= total_steps:
                         break
                 state.epoch_loss_sum = float(epoch_loss)
@@ -157,10 +179,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                     raise Interrupted(stop.signum, run_dir)
 
                 # -------------------------------------------------- end of epoch
-                epoch_metrics = {
-                    "epoch": state.epoch + 1,
-                    "train/loss": state.epoch_loss_sum / max(state.epoch_samples, 1),
-                }
+                loss_sum, samples = distributed.sum_over_ranks(
+                    state.epoch_loss_sum, state.epoch_samples
+                )
+                epoch_metrics = {"epoch": state.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
                 if not math.isfinite(epoch_metrics["train/loss"]):
                     last_good = run_dir / "checkpoints" / "last.pt"
                     raise TrainingError(
@@ -215,10 +237,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         },
         "device": str(device),
+        "distributed": dist.summary(cfg.data.batch_size, accumulate),
         "precision": cfg.trainer.precision,
         "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
-    write_json(run_dir / "summary.json", summary)
+    if dist.is_main:
+        write_json(run_dir / "summary.json", summary)
     log.close()
     print_summary(console, summary)
     return summary
@@ -246,10 +270,12 @@ def train_step(
 
     def forward_backward() -> torch.Tensor:
         total = torch.zeros((), device=device)
-        for x, y in window:
-            with precision.autocast():
-                loss = objective.loss(model(x), y) * (len(x) / window_samples)
-            scaler.scale(loss).backward()
+        for i, (x, y) in enumerate(window):
+            # DDP: only the window's last backward all-reduces the accumulated gradients
+            with distributed.no_sync(model, skip=i < len(window) - 1):
+                with precision.autocast():
+                    loss = objective.loss(model(x), y) * (len(x) / window_samples)
+                scaler.scale(loss).backward()
             total += loss.detach().float()
         return total
 
@@ -260,7 +286,7 @@ def train_step(
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = forward_backward()
+            loss = distributed.mean_over_ranks(forward_backward())  # the line search sees one loss
             norms.append(clip_and_measure(model, cfg, measure_grad_norm))
             return loss
 
