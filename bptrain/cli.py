@@ -150,6 +150,94 @@ def fit(
     _guarded(run)
 
 
+@app.command()
+def submit(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes to run on.")] = 1,
+    gpus_per_node: Annotated[
+        int, typer.Option(min=0, help="GPUs per node; one bptrain process (DDP rank) per GPU.")
+    ] = 0,
+    ntasks_per_node: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes per node without GPUs (default 1; CPU DDP over gloo)."),
+    ] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(min=1, help="CPU cores per process.")] = None,
+    time: Annotated[
+        str | None, typer.Option(help="Time limit per allocation, e.g. 4:00:00.")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    account: Annotated[str | None, typer.Option(help="SLURM account.")] = None,
+    job_name: Annotated[
+        str | None, typer.Option(help="Job name (default: the run name, logging.name).")
+    ] = None,
+    warn_seconds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Send SIGUSR1 this long before the time limit: save, exit 138, requeue, resume.",
+        ),
+    ] = 120,
+    requeue_on_sigterm: Annotated[
+        bool,
+        typer.Option(
+            help="Also requeue after SIGTERM (exit 143: preemption without PreemptMode=REQUEUE; also scancel)."
+        ),
+    ] = False,
+    python: Annotated[
+        str | None,
+        typer.Option(help="Python the job runs bptrain with (default: this one)."),
+    ] = None,
+    output: Annotated[str, typer.Option(help="The job's log file (sbatch --output).")] = (
+        "slurm-%x-%j.out"
+    ),
+    sbatch_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra #SBATCH line (repeatable), e.g. --sbatch-arg=--mem=32G."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the batch script instead of submitting it.")
+    ] = False,
+) -> None:
+    """Submit CONFIG as a SLURM batch job (DDP over srun) that checkpoints, requeues and resumes itself."""
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.slurm import JobSpec, render
+        from bptrain.slurm import submit as sbatch
+
+        cfg = load_config(config, overrides or [])
+        spec = JobSpec(
+            config=config.resolve(),
+            overrides=overrides or [],
+            job_name=job_name or cfg.logging.name or "bptrain",
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            ntasks_per_node=ntasks_per_node,
+            cpus_per_task=cpus_per_task,
+            time=time,
+            partition=partition,
+            account=account,
+            warn_seconds=warn_seconds,
+            requeue_on_sigterm=requeue_on_sigterm,
+            python=python or sys.executable,
+            workdir=Path.cwd(),
+            output=output,
+            sbatch_args=sbatch_arg or [],
+        )
+        script = render(spec)
+        if dry_run:
+            sys.stdout.write(script)
+            return
+        job_id = sbatch(script)
+        typer.echo(
+            f"submitted job {job_id}: runs under {cfg.logging.run_dir}/{spec.job_name}-job{job_id}/; "
+            f"log {output.replace('%x', spec.job_name).replace('%j', job_id)}"
+        )
+
+    _guarded(run)
+
+
 class Split(str, Enum):
     val = "val"
     test = "test"
