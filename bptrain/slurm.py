@@ -199,3 +199,32 @@ case $code in
 esac
 exit $code
 """
+
+
+# The templates shipped in scripts/slurm/ are these specs rendered (a test keeps them in sync):
+# regenerate with `python -m bptrain.slurm scripts/slurm`.
+EXAMPLES = {
+    "single_node.sbatch": JobSpec(
+        config=Path("configs/quickstart.yaml"),
+        job_name="quickstart",
+        gpus_per_node=4,
+        cpus_per_task=8,
+        time="04:00:00",
+        partition="gpu",
+        python="python",
+    ),
+    "multi_node.sbatch": JobSpec(
+        config=Path("configs/quickstart.yaml"),
+        job_name="quickstart",
+        nodes=2,
+        gpus_per_node=4,
+        cpus_per_task=8,
+        time="04:00:00",
+        partition="gpu",
+        python="python",
+    ),
+}
+
+if __name__ == "__main__":
+    for name, example in EXAMPLES.items():
+        (Path(sys.argv[1]) / name).write_text(render(example), encoding="utf-8")
