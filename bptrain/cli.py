@@ -142,6 +142,7 @@ def fit(
                 _stderr_console().print(
                     f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
                     f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
+                    + (" (launched the same way)" if "WORLD_SIZE" in os.environ else "")
                 )
             raise typer.Exit(128 + int(stop.signum)) from None
         finally:

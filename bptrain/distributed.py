@@ -241,12 +241,16 @@ def launch(nproc: int, bptrain_args: list[str]) -> int:
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args
+    from torch.distributed.run import get_args_parser, parse_args
     from torch.distributed.run import run as torchrun
 
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
+    options = ["--standalone", f"--nproc_per_node={nproc}"]
+    if "--signals-to-handle" in get_args_parser()._option_string_actions:
+        options.append(f"--signals-to-handle={FORWARDED_SIGNALS}")
+    else:  # older torch reads the environment variable instead
+        os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "bptrain", *bptrain_args])
+    args = parse_args([*options, "-m", "bptrain", *bptrain_args])
     try:
         torchrun(args)
     except ChildFailedError as err:
