@@ -57,12 +57,14 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 MpiDefault=none
 JobRequeue=1
-# a requeued job waits cred_expire+1 seconds before it may start again (default 120)
+# a requeued job waits cred_expire+1 seconds before it may start again (default 120 s); starting it
+# earlier (scontrol update StartTime=now) fails with "Job credential revoked"
 AuthInfo=cred_expire=10
 ReturnToService=2
 KillWait=30
 MinJobAge=600
-SchedulerParameters=defer_batch
+# schedule every 2 s (default 60 s), so a requeued job restarts soon after it becomes eligible
+SchedulerParameters=sched_interval=2,bf_interval=2
 NodeName=$HOST CPUs=$CPUS State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
