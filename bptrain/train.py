@@ -163,7 +163,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                     else:
                         progress.step(state.step, state.epoch + 1)
                     # every rank stops after the same step, even if only some got the signal
-                    stop.signum = distributed.agree_on_signal(stop.signum)
+                    stop.signum = distributed.agree_on_signal(stop.received)
                     if stop.signum is not None or state.step >= total_steps:
                         break
                 state.epoch_loss_sum = float(epoch_loss)
@@ -385,13 +385,16 @@ class _StopFlag:
 
     The handler only records the signal; the loop saves a checkpoint at the next optimizer-step
     boundary. Saving inside a signal handler can deadlock (the handler may interrupt a write).
+    Under DDP the decision is `received` all-reduced over ranks; kept apart from it, a signal that
+    lands while that all-reduce runs is not overwritten by its result, but taken at the next step.
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.received: int | None = None  # set by the handler, any time
+        self.signum: int | None = None  # the loop's decision, taken at step boundaries
 
     def _handler(self, signum: int, frame: object) -> None:
-        self.signum = signum
+        self.received = signum
 
     class _Installed:
         def __init__(self, flag: _StopFlag) -> None:

@@ -178,7 +178,8 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step_then_resume_finis
     tmp_path: Path,
 ) -> None:
     marker = "logging.name=signalled"
-    args = ["fit", str(QUICKSTART), *COMMON, marker, "data.batch_size=32"]
+    # BatchNorm: per-rank running statistics, which evaluation must take from rank 0
+    args = ["fit", str(QUICKSTART), *COMMON, marker, "data.batch_size=32", "model.norm=batchnorm"]
     launcher = subprocess.Popen(
         [sys.executable, "-m", "bptrain", *args, "trainer.max_epochs=400", "--nproc", "2"],
         cwd=tmp_path,
@@ -212,7 +213,13 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step_then_resume_finis
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [r["epoch"] for r in _records(run_dir, "epoch")] == list(range(1, done + 2))
-    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == done + 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == done + 1
+    evaluated = evaluate_checkpoint(
+        load_config(run_dir / "config.yaml"), run_dir / "checkpoints" / "last.pt", "val"
+    )
+    assert evaluated["val/acc"] == summary["final"]["val/acc"]
+    assert evaluated["val/loss"] == pytest.approx(summary["final"]["val/loss"], abs=1e-6)
 
 
 def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path: Path) -> None:
