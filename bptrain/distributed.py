@@ -190,6 +190,19 @@ def agree_on_signal(signum: int | None) -> int | None:
     return int(flag.item()) or None
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (one small all-reduce).
+
+    For decisions taken from per-rank values, e.g. "this step's loss is not finite": every rank
+    must take the same branch, or one is left waiting in a collective the others skipped.
+    """
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def broadcast(value: T) -> T:
     """Rank 0's value on every rank (any picklable object): paths the ranks must agree on."""
     if not dist.is_initialized():

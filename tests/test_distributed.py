@@ -298,5 +298,6 @@ def test_without_a_launcher_everything_is_a_single_process(
     model = torch.nn.Linear(2, 2)
     assert distributed.wrap(model, ctx) is model
     assert distributed.agree_on_signal(None) is None
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
     assert distributed.sum_over_ranks(1.5, 3) == [1.5, 3]
     assert "single process" in ctx.describe(64, 2)

@@ -12,7 +12,7 @@
 # and pid files. The daemons listen on ports 16817/16818, not SLURM's default 6817/6818, so they
 # do not collide with a real cluster's. munged is shared: if it already runs, it is reused.
 #
-# The node is this host (`hostname -s`) with its CPUs; no cgroups (proctrack/linuxproc,
+# The node is this host (`hostname -s`, reached on 127.0.0.1 only) with its CPUs; no cgroups (proctrack/linuxproc,
 # task/none), so it also works in containers. JobRequeue=1 lets jobs requeue themselves.
 set -euo pipefail
 
@@ -38,7 +38,7 @@ write_config() {
     cat >"$CONF.new" <<EOF
 # Written by bptrain scripts/slurm/local_cluster.sh: a one-node test cluster.
 ClusterName=bptrain-local
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=16817
 SlurmdPort=16818
 AuthType=auth/munge
@@ -65,7 +65,7 @@ KillWait=30
 MinJobAge=600
 # schedule every 2 s (default 60 s), so a requeued job restarts soon after it becomes eligible
 SchedulerParameters=sched_interval=2,bf_interval=2
-NodeName=$HOST CPUs=$CPUS State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
     if ! cmp -s "$CONF.new" "$CONF"; then
@@ -79,7 +79,7 @@ EOF
 }
 
 running() {  # running NAME PIDFILE: is the daemon from our pid file alive?
-    [[ -f $2 ]] && kill -0 "$(cat "$2")" 2>/dev/null
+    [[ -f $2 ]] && kill -0 "$(cat "$2" 2>/dev/null)" 2>/dev/null
 }
 
 start_munge() {
@@ -128,7 +128,7 @@ start_slurm() {
 stop_daemon() {
     local pidfile=$1
     if running x "$pidfile"; then
-        kill "$(cat "$pidfile")"
+        kill "$(cat "$pidfile")" 2>/dev/null || true
         for _ in $(seq 50); do running x "$pidfile" || break; sleep 0.1; done
     fi
     rm -f "$pidfile"
