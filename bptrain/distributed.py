@@ -102,6 +102,12 @@ def setup(device_name: str, strategy: str = "auto") -> Dist:
         return Dist(device=resolve_device(device_name))
     if world_size == 1 and strategy == "auto":
         return Dist(device=resolve_device(device_name))
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise UserError(
+            f"WORLD_SIZE={world_size} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not: start bptrain with a "
+            "launcher (torchrun, `bptrain fit --nproc N`, srun as in docs/cluster.md), or unset WORLD_SIZE."
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = _rank_device(device_name, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -113,10 +119,12 @@ def setup(device_name: str, strategy: str = "auto") -> Dist:
 
 
 def _rank_device(device_name: str, local_rank: int) -> torch.device:
-    if device_name in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if device_name in ("auto", "cpu"):
+    """cuda:LOCAL_RANK (modulo the visible GPUs: one per process when SLURM binds them), or cpu."""
+    if device_name == "cpu" or (device_name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if device_name in ("auto", "cuda"):
+        resolve_device("cuda")  # a clear error when there is no GPU
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     raise UserError(
         f"trainer.device is {device_name}, but under DDP each process picks its own device "
         "(cuda:LOCAL_RANK, or cpu). Set trainer.device to auto, cuda or cpu."

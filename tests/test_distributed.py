@@ -22,6 +22,7 @@ from bptrain import distributed
 from bptrain.cli import app
 from bptrain.config import load_config
 from bptrain.data import DataSpec
+from bptrain.errors import UserError
 from bptrain.inference import evaluate_checkpoint
 from bptrain.train import fit, train_step
 
@@ -301,3 +302,11 @@ def test_without_a_launcher_everything_is_a_single_process(
     assert distributed.any_rank(True) and not distributed.any_rank(False)
     assert distributed.sum_over_ranks(1.5, 3) == [1.5, 3]
     assert "single process" in ctx.describe(64, 2)
+
+
+def test_a_half_set_launch_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="RANK, MASTER_ADDR, MASTER_PORT are not"):
+        distributed.setup("cpu")
