@@ -275,8 +275,11 @@ def launch(nproc: int, bptrain_args: list[str]) -> int:
     try:
         torchrun(args)
     except ChildFailedError as err:
-        _, failure = err.get_first_failure()
-        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+        # Once one worker exits, the agent SIGTERMs the rest: a worker killed by a signal is
+        # usually that collateral, so the code of a worker that exited by itself comes first.
+        failures = sorted(err.failures.values(), key=lambda failure: failure.timestamp)
+        exited = [failure.exitcode for failure in failures if failure.exitcode > 0]
+        return exited[0] if exited else 128 - failures[0].exitcode
     except SignalException as err:  # the launcher was signalled; the workers got it too and saved
         return 128 + int(err.sigval)
     return 0
