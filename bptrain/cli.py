@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -135,18 +136,24 @@ def fit(
         from bptrain.train import Interrupted
         from bptrain.train import fit as run_fit
 
+        stopped: tuple[int, Path] | None = None
+        agreed = False  # finished or stopped together: every rank gets here
         try:
             run_fit(cfg, Console(), resume=resume)
-        except Interrupted as stop:
+            agreed = True
+        except Interrupted as stop:  # keep only values: the exception holds the loop's frames
+            stopped, agreed = (int(stop.signum), stop.run_dir), True
+        finally:
+            teardown(wait_for_all_ranks=agreed)
+        if stopped is not None:
+            signum, run_dir = stopped
             if os.environ.get("RANK", "0") == "0":  # under DDP, one message is enough
                 _stderr_console().print(
-                    f"stopped by {stop}; saved {stop.run_dir}/checkpoints/last.pt. "
-                    f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {stop.run_dir}".rstrip()
+                    f"stopped by {signal.Signals(signum).name}; saved {run_dir}/checkpoints/last.pt. "
+                    f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {run_dir}".rstrip()
                     + (" (launched the same way)" if "WORLD_SIZE" in os.environ else "")
                 )
-            raise typer.Exit(128 + int(stop.signum)) from None
-        finally:
-            teardown()
+            raise typer.Exit(128 + signum)
 
     _guarded(run)
 

@@ -18,6 +18,7 @@ Rules the loop follows so that no rank is ever left waiting in a collective:
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -131,9 +132,19 @@ def _rank_device(device_name: str, local_rank: int) -> torch.device:
     )
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(wait_for_all_ranks: bool = False) -> None:
+    """Leave the process group; with `wait_for_all_ranks` (all ranks finished or stopped together),
+    first wait for the others, so none exits while rank 0 still writes its checkpoint.
+
+    The DDP wrapper and its gradient reducer are freed first, while the group and the interpreter
+    are alive: left to interpreter shutdown, gloo's threads can abort the process (SIGABRT).
+    """
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if wait_for_all_ranks:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, ctx: Dist) -> nn.Module:
