@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -136,24 +135,23 @@ def fit(
         from bptrain.train import Interrupted
         from bptrain.train import fit as run_fit
 
-        stopped: tuple[int, Path] | None = None
+        stopped: Interrupted | None = None
         agreed = False  # finished or stopped together: every rank gets here
         try:
             run_fit(cfg, Console(), resume=resume)
             agreed = True
-        except Interrupted as stop:  # keep only values: the exception holds the loop's frames
-            stopped, agreed = (int(stop.signum), stop.run_dir), True
+        except Interrupted as stop:
+            stopped, agreed = stop, True
+            # keep no loop frames (and with them DDP) alive past teardown
+            stopped.__traceback__ = stopped.__context__ = None
         finally:
             teardown(wait_for_all_ranks=agreed)
         if stopped is not None:
-            signum, run_dir = stopped
             if os.environ.get("RANK", "0") == "0":  # under DDP, one message is enough
-                _stderr_console().print(
-                    f"stopped by {signal.Signals(signum).name}; saved {run_dir}/checkpoints/last.pt. "
-                    f"Resume with: bptrain fit {config} {' '.join(overrides or [])} --resume {run_dir}".rstrip()
-                    + (" (launched the same way)" if "WORLD_SIZE" in os.environ else "")
-                )
-            raise typer.Exit(128 + signum)
+                command = " ".join(["bptrain fit", str(config), *(overrides or [])])
+                launched = " (launched the same way)" if "WORLD_SIZE" in os.environ else ""
+                _stderr_console().print(_escape(stopped.hint(command) + launched), soft_wrap=True)
+            raise typer.Exit(stopped.exit_code)
 
     _guarded(run)
 
@@ -340,6 +338,9 @@ def grad_inspect(
     def run() -> int:
         from bptrain.diagnostics.command import run_grad_inspect
 
+        to_stdout = json_path is not None and str(json_path) == "-"
+        stream = sys.stderr if to_stdout else sys.stdout
+
         return run_grad_inspect(
             config,
             overrides or [],
@@ -352,12 +353,107 @@ def grad_inspect(
             sweep=sweep or [],
             noise=noise,
             curvature=curvature,
-            console=Console(stderr=json_path is not None and str(json_path) == "-"),
+            # Wide when writing to a file or pipe: the per-layer table has many columns.
+            console=Console(stderr=to_stdout, width=None if stream.isatty() else 160),
         )
 
     code = _guarded(run)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    axes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=V1,V2,... per swept key (values parsed as YAML; lists stay whole: model.hidden=[64,64],[128]). "
+            "Every combination is run.",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to repeat each variant with, e.g. 0,1,2 (mean ± std).")
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Variants run at once (>1: as subprocesses sharing the CPU threads)."
+        ),
+    ] = 1,
+    override: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A KEY=VALUE override applied to every variant (repeatable)."),
+    ] = None,
+) -> None:
+    """Train every combination of the given values (and seeds) and compare them in one table.
+
+    Runs go to <logging.run_dir>/<name>-sweep/ (tensorboard --logdir there overlays them); the table is printed and saved as sweep.csv, sweep.json and sweep.md. Running the same sweep again skips finished variants and resumes interrupted ones. Exit 1 if any variant failed.
+    """
+    from rich.console import Console
+
+    def run() -> int:
+        from bptrain.sweep import run_sweep
+        from bptrain.train import Interrupted
+
+        try:
+            rows, _ = run_sweep(config, axes or [], override or [], seeds, jobs, Console())
+        except Interrupted as stop:
+            _stderr_console().print(
+                f"sweep stopped by {stop}; run the same command again to resume it."
+            )
+            return 128 + int(stop.signum)
+        except KeyboardInterrupt:  # --jobs > 1: the runs were stopped by the same Ctrl-C
+            _stderr_console().print("sweep interrupted; run the same command again to resume it.")
+            return 130
+        return EXIT_TRAINING_FAILED if any(row["status"] != "ok" for row in rows) else 0
+
+    code = _guarded(run)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(name="lr-find")
+def lr_find(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    start_lr: Annotated[float, typer.Option(help="First learning rate.")] = 1e-7,
+    end_lr: Annotated[
+        float, typer.Option(help="Last learning rate (if the loss has not diverged by then).")
+    ] = 10.0,
+    steps: Annotated[int, typer.Option(min=2, help="Optimizer steps over the LR range.")] = 200,
+    smoothing: Annotated[
+        float, typer.Option(help="Exponential smoothing of the loss (0: none).")
+    ] = 0.9,
+    diverge: Annotated[
+        float,
+        typer.Option(help="Stop when the smoothed loss exceeds this multiple of its minimum."),
+    ] = 4.0,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for lr_find.json/csv (default: a new <run_dir>/<name>-lr-find/<time>/)."
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also write the curve as a PNG (needs matplotlib).")
+    ] = None,
+) -> None:
+    """The learning-rate range test: raise the LR exponentially, watch the loss, suggest an LR.
+
+    Uses CONFIG's data, model, optimizer, grad clipping and precision (its scheduler is ignored); the trained weights are thrown away.
+    """
+    from rich.console import Console
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.lr_find import run_lr_find
+
+        cfg = load_config(config, overrides or [])
+        run_lr_find(cfg, Console(), start_lr, end_lr, steps, smoothing, diverge, out, plot)
+
+    _guarded(run)
 
 
 @config_app.command("show")

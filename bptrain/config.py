@@ -58,7 +58,7 @@ class DataCommon(Section):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Fraction held out as a test split when the source has none (seeded). 0 means no test split."""
     normalize: bool = False
-    """Standardise input features with the mean/std of the training split only."""
+    """Standardise inputs with the mean/std of the training split only: per feature for (N, F), per feature over samples and steps for sequences (N, T, F), per channel over samples and pixels for images (N, C, H, W). Token ids are never normalised."""
     loader: Literal["auto", "tensor", "dataloader"] = "auto"
     """How batches are made. `tensor`: whole batches indexed from in-memory tensors (on the training device when they fit); `dataloader`: a torch DataLoader with workers and pinned memory; `auto`: `tensor` for in-memory data."""
     num_workers: int = Field(2, ge=0)
@@ -146,8 +146,110 @@ class CsvData(DataCommon):
     """Override the task inferred from the target column."""
 
 
+class AddingData(DataCommon):
+    source: Literal["adding"]
+    """The adding problem (Hochreiter & Schmidhuber, 1997): x is (N, length, 2) of (value in [0, 1], marker); exactly two steps are marked, one in each half, and the target is the sum of their values. Predicting the mean (1.0) gives MSE ~0.167; a plain RNN stays there as length grows, an LSTM or GRU drives it near 0."""
+    n_samples: int = Field(4000, ge=10)
+    """Total samples generated (before the validation/test split)."""
+    length: int = Field(50, ge=2)
+    """Sequence length T: the distance the error signal must travel back through time."""
+
+
+class CopyData(DataCommon):
+    source: Literal["copy"]
+    """The copy (memory) task: x is (N, length + delay + length) token ids: `length` random symbols, `delay` blanks, a go-marker, blanks; the per-step target is blank (0) everywhere except the last `length` steps, which must repeat the symbols. Many-to-many classification; tokens: 0 blank, 1 go-marker, 2.. symbols."""
+    n_samples: int = Field(3000, ge=10)
+    """Total samples generated (before the validation/test split)."""
+    length: int = Field(5, ge=1)
+    """How many symbols to remember and repeat."""
+    delay: int = Field(10, ge=0)
+    """Blank steps between the symbols and the go-marker."""
+    symbols: int = Field(8, ge=2)
+    """Size of the symbol alphabet (the vocabulary is symbols + 2)."""
+
+
+class MajorityData(DataCommon):
+    source: Literal["majority"]
+    """Sequence classification on token ids: x is (N, length) tokens from `vocab` symbols and the label is the most frequent token (planted so it is unique). Needs the whole sequence: a model reading only a prefix cannot solve it."""
+    n_samples: int = Field(3000, ge=10)
+    """Total samples generated (before the validation/test split)."""
+    length: int = Field(24, ge=3)
+    """Tokens per sequence."""
+    vocab: int = Field(6, ge=2)
+    """Number of distinct tokens (= classes)."""
+
+
+class SineSeriesData(DataCommon):
+    source: Literal["sine_series"]
+    """Time-series forecasting: x is (N, length, 1) windows of sin(w t + phase) + noise with a random frequency and phase per sample; y is the next `horizon` values (N, horizon)."""
+    n_samples: int = Field(3000, ge=10)
+    """Total windows generated (before the validation/test split)."""
+    length: int = Field(40, ge=2)
+    """Steps in each input window."""
+    horizon: int = Field(1, ge=1)
+    """Steps to forecast."""
+    noise: float = Field(0.05, ge=0.0)
+    """Standard deviation of the Gaussian noise on the observed values (targets are noise-free)."""
+
+
+class ShapesData(DataCommon):
+    source: Literal["shapes"]
+    """Small synthetic images of four shapes (0 square, 1 disc, 2 triangle, 3 cross) at random positions and sizes, with pixel noise: (N, 1, image_size, image_size)."""
+    n_samples: int = Field(2000, ge=10)
+    """Total images generated (before the validation/test split)."""
+    image_size: int = Field(16, ge=8, le=128)
+    """Height and width in pixels."""
+    noise: float = Field(0.15, ge=0.0)
+    """Standard deviation of the Gaussian pixel noise (pixels are in [0, 1] before noise)."""
+
+
+class ImageFolderData(DataCommon):
+    source: Literal["imagefolder"]
+    """Images on disk as root/<class>/<image> (any format Pillow reads), one sub-directory per class in sorted order. Needs Pillow: pip install 'bptrain[images]'. Batches always come from a DataLoader with num_workers workers."""
+    root: Path
+    """The directory holding one sub-directory per class. Relative paths are resolved from the current directory."""
+    image_size: int = Field(32, ge=4)
+    """Every image is resized to image_size x image_size."""
+    grayscale: bool = False
+    """Read images as 1 channel instead of RGB (3)."""
+    mean: list[float] | None = None
+    """Per-channel mean to subtract (pixels are in [0, 1]); null with normalize: true computes it on the training split."""
+    std: list[float] | None = None
+    """Per-channel standard deviation to divide by; null with normalize: true computes it on the training split."""
+    random_crop_padding: int = Field(0, ge=0)
+    """Training augmentation: pad by this many pixels (zeros) and crop back to image_size at a random offset. 0 disables it."""
+    horizontal_flip: bool = False
+    """Training augmentation: flip each image left-right with probability 1/2."""
+
+    @model_validator(mode="after")
+    def _mean_std_together(self) -> ImageFolderData:
+        channels = 1 if self.grayscale else 3
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != channels:
+                raise ValueError(
+                    f"{key} needs {channels} values (one per channel), got {len(value)}"
+                )
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        return self
+
+
 DataConfig = Annotated[
-    SpiralsData | MoonsData | BlobsData | XorData | SineData | DigitsData | NpzData | CsvData,
+    SpiralsData
+    | MoonsData
+    | BlobsData
+    | XorData
+    | SineData
+    | DigitsData
+    | NpzData
+    | CsvData
+    | AddingData
+    | CopyData
+    | MajorityData
+    | SineSeriesData
+    | ShapesData
+    | ImageFolderData,
     Field(discriminator="source"),
 ]
 
@@ -180,7 +282,9 @@ class MLPModel(Section):
     leaky_relu_slope: float = Field(0.01, gt=0.0, lt=1.0)
     """Negative slope of leaky_relu."""
     init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
+    init_strict: bool = True
+    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name patterns (fnmatch, e.g. `net.0.*`) to freeze."""
 
@@ -191,9 +295,126 @@ class CustomModel(Section):
     init_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the class's constructor."""
     init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
+    init_strict: bool = True
+    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
     freeze: list[str] = Field(default_factory=list)
     """Parameter-name patterns (fnmatch, e.g. `encoder.*`) to freeze."""
+
+
+class CNNModel(Section):
+    name: Literal["cnn", "cnn1d"]
+    """Convolutional network. `cnn`: 2-D, for images (N, C, H, W) (2-D (N, H, W) inputs get one channel). `cnn1d`: 1-D, for signals and time series (N, T, F) (or (N, C, L) with channels_first). Per stage: [downsample] then conv blocks (conv -> [norm] -> activation), or residual blocks (a small ResNet); then global pooling, dropout and a linear head."""
+    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128])
+    """Output channels of each stage. Every stage after the first halves the resolution first, unless it is already below 4."""
+    blocks_per_stage: int = Field(1, ge=1)
+    """Conv blocks (or residual blocks) per stage."""
+    residual: bool = False
+    """Use ResNet basic blocks (conv-norm-act-conv-norm plus a skip connection) instead of plain conv blocks."""
+    kernel_size: int = Field(3, ge=1)
+    """Kernel size of every conv (odd sizes keep the resolution)."""
+    downsample: Literal["max", "avg", "stride"] = "max"
+    """How a stage halves the resolution: max or average pooling, or a stride-2 first conv."""
+    global_pool: Literal["avg", "max"] = "avg"
+    """Pooling over the remaining positions before the head."""
+    channels_first: bool = False
+    """cnn1d only: inputs are (N, C, L) instead of (N, T, F)."""
+    activation: Activation = "relu"
+    """Nonlinearity after each conv (and norm)."""
+    norm: Norm = "batchnorm"
+    """Normalisation after each conv: batchnorm, layernorm (GroupNorm with one group: over channels and positions), or none."""
+    init: Init = "kaiming_normal"
+    """Weight initialisation of every conv and linear layer (see mlp)."""
+    init_gain: float = Field(1.0, gt=0.0)
+    """Multiplies the initial weights' standard deviation."""
+    leaky_relu_slope: float = Field(0.01, gt=0.0, lt=1.0)
+    """Negative slope of leaky_relu."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout before the linear head."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
+
+    @model_validator(mode="after")
+    def _channels_first_is_1d(self) -> CNNModel:
+        if self.channels_first and self.name != "cnn1d":
+            raise ValueError("channels_first applies to cnn1d; cnn images are always (N, C, H, W)")
+        return self
+
+
+class RNNModel(Section):
+    name: Literal["rnn"]
+    """Recurrent network for sequences (N, T, F), or token ids (N, T) with vocab_size. Many-to-one (the last step, or a pooled summary, feeds a linear head; the output size follows the targets' shape) or many-to-many (a head at every step)."""
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    """rnn: the plain (Elman) cell, whose gradients vanish or explode over long sequences; lstm and gru: gated cells that keep an error path through time."""
+    hidden_size: int = Field(64, ge=1)
+    """Width of the hidden state."""
+    num_layers: int = Field(1, ge=1)
+    """Stacked recurrent layers."""
+    bidirectional: bool = False
+    """Also read the sequence backwards (the head sees both directions)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout between stacked layers and before the head."""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """Nonlinearity of the plain rnn cell (lstm/gru have their own gates)."""
+    norm: Literal["none", "layernorm"] = "none"
+    """Normalise the features fed to the head."""
+    init: Init = "default"
+    """Input-to-hidden and head weights by this scheme; with anything but `default`, hidden-to-hidden weights are orthogonal and biases 0 (LSTM forget gates 1)."""
+    output: Literal["auto", "last", "sequence"] = "auto"
+    """last: one output per sequence (many-to-one); sequence: one per step (many-to-many); auto: sequence when the targets have a step axis of the input's length (class labels (N, T) or values (N, T, D)), else last."""
+    pool: Literal["last", "mean", "max"] = "last"
+    """Many-to-one summary of the steps: the last hidden state (both ends when bidirectional), or the mean/max over steps."""
+    vocab_size: int | None = Field(None, ge=1)
+    """Inputs are integer token ids below vocab_size (N, T), embedded before the recurrence. null: real-valued features."""
+    embedding_dim: int = Field(32, ge=1)
+    """Embedding width when vocab_size is set."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `rnn.*`) to freeze."""
+
+
+class TransformerModel(Section):
+    name: Literal["transformer"]
+    """A small Transformer encoder for sequences: token embedding (vocab_size) or a linear projection of (N, T, F) features, positional encoding, pre-norm blocks (self-attention and an MLP, each inside a residual), a final LayerNorm, then a pooled head (many-to-one) or a head per step (many-to-many)."""
+    d_model: int = Field(64, ge=1)
+    """Width of the token representations."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads (must divide d_model)."""
+    num_layers: int = Field(2, ge=1)
+    """Encoder blocks."""
+    ff_mult: int = Field(4, ge=1)
+    """The MLP inside each block is d_model -> ff_mult * d_model -> d_model."""
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout on attention weights, inside the blocks and on the embeddings."""
+    activation: Literal["relu", "gelu"] = "gelu"
+    """Nonlinearity of the block MLP."""
+    positional: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
+    """Positional encoding added to the inputs; attention alone ignores order."""
+    max_len: int = Field(1024, ge=1)
+    """Longest sequence the positional encoding covers."""
+    causal: bool = False
+    """Each step attends only to itself and earlier steps."""
+    pool: Literal["mean", "max", "last", "cls"] = "mean"
+    """Many-to-one summary: mean/max over steps, the last step, or a learned [CLS] token put in front."""
+    output: Literal["auto", "pooled", "sequence"] = "auto"
+    """pooled: one output per sequence; sequence: one per step; auto: sequence when the targets have a step axis of the input's length."""
+    vocab_size: int | None = Field(None, ge=1)
+    """Inputs are integer token ids below vocab_size (N, T). null: real-valued features (N, T, F), projected linearly."""
+    init: Init = "default"
+    """Weight initialisation of the linear layers (see mlp); `default` keeps PyTorch's."""
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerModel:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        return self
 
 
 def _model_kind(value: Any) -> str:
@@ -203,11 +424,16 @@ def _model_kind(value: Any) -> str:
 
 
 ModelConfig = Annotated[
-    Annotated[MLPModel, Tag("mlp")] | Annotated[CustomModel, Tag("custom")],
+    Annotated[MLPModel, Tag("mlp")]
+    | Annotated[CNNModel, Tag("cnn")]
+    | Annotated[CNNModel, Tag("cnn1d")]
+    | Annotated[RNNModel, Tag("rnn")]
+    | Annotated[TransformerModel, Tag("transformer")]
+    | Annotated[CustomModel, Tag("custom")],
     Discriminator(
         _model_kind,
         custom_error_type="invalid_model",
-        custom_error_message="model.name must be one of: mlp (or give model.class_path for your own nn.Module)",
+        custom_error_message="model.name must be one of: mlp, cnn, cnn1d, rnn, transformer (or give model.class_path for your own nn.Module)",
     ),
 ]
 
@@ -451,6 +677,46 @@ class GradClip(Section):
         return self
 
 
+class CheckpointConfig(Section):
+    """What goes under <run>/checkpoints/ and when (see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric that ranks checkpoints (best.pt, top-k files) and summary.json's `best`, e.g. val/loss or val/acc."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values of `monitor` are better."""
+    save_top_k: int = Field(0, ge=-1)
+    """Keep the k best checkpoints as epoch=E-step=S-<monitor>=V.pt files (0: none besides best.pt, -1: every validation)."""
+    save_best: bool = True
+    """Maintain best.pt (+ best.safetensors): the checkpoint with the best `monitor` value so far."""
+    save_last: bool = True
+    """Write last.pt (what --resume continues from). Turning it off makes runs impossible to resume."""
+    every_n_epochs: int = Field(1, ge=1)
+    """Write last.pt every N epochs (always also after the final epoch and on a stop signal)."""
+    every_n_steps: int | None = Field(None, ge=1)
+    """Also write last.pt every N optimizer steps, mid-epoch (for long epochs and preemptible jobs)."""
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when `monitor` stops improving (Keras/Lightning semantics; see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric to watch; checked after each validation (or each epoch for train/* metrics)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values are better."""
+    patience: int = Field(3, ge=0)
+    """Validations in a row without improvement before stopping (counts validations, not epochs)."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """An improvement must beat the best value by more than this (strictly). Negative values are refused."""
+    baseline: float | None = None
+    """The wait counter only resets once the metric beats this value (Keras `baseline`)."""
+    start_from_epoch: int = Field(0, ge=0)
+    """Ignore the validations of the first N epochs (warm-up)."""
+    restore_best_weights: bool = False
+    """At the end of the run (early stop or max_epochs/max_steps), load the weights of the best validation before testing and exporting."""
+    check_finite: bool = True
+    """Stop at once when the monitored value is NaN or infinite (Lightning); false counts it as no improvement (Keras)."""
+
+
 class TrainerConfig(Section):
     max_epochs: int = Field(10, ge=1)
     """Stop after this many epochs."""
@@ -472,6 +738,16 @@ class TrainerConfig(Section):
     """Wrap the model in torch.compile."""
     strategy: Literal["auto", "ddp"] = "auto"
     """Multi-process training. auto: DistributedDataParallel when started by torchrun, `bptrain fit --nproc N` or srun with more than one process, else one process. ddp: also for a one-process launch, and refuse to run unlaunched. See docs/cluster.md."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoint files and cadence."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when a metric stops improving; null (default) trains to max_epochs/max_steps."""
+    nan_policy: Literal["stop", "skip", "ignore"] = "stop"
+    """On a non-finite loss or gradient: stop (write nan_report.json, keep the last good checkpoint, exit 1), skip the optimizer step (at most max_skipped_steps times), or ignore."""
+    max_skipped_steps: int = Field(10, ge=0)
+    """With nan_policy skip: stop (as `stop` does) once more steps than this were skipped in the run."""
+    activation_checkpointing: bool = False
+    """Gradient checkpointing for the built-in mlp, cnn, cnn1d and transformer: keep only each block's input in the forward pass and recompute the block's activations in the backward pass. Less memory, about one extra forward pass of compute."""
 
     @field_validator("precision", mode="before")
     @classmethod

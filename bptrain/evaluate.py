@@ -18,8 +18,8 @@ def evaluate(
     """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end.
 
     Under DDP every rank must call it: each evaluates its disjoint shard, and the sums of
-    loss x samples, correct and samples are all-reduced, so the metrics are exactly those of
-    one process evaluating the whole split (up to float rounding of the loss).
+    loss x samples, correct, samples and targets are all-reduced, so the metrics are exactly those
+    of one process evaluating the whole split (up to float rounding of the loss).
     """
     distributed.sync_buffers(model)
     was_training = model.training
@@ -27,7 +27,7 @@ def evaluate(
     device = precision.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    samples = 0
+    samples = targets = 0  # targets > samples with per-step labels: accuracy is per label
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with precision.autocast():
@@ -38,10 +38,14 @@ def evaluate(
         if hits is not None:
             correct += hits
         samples += len(x)
+        targets += y.numel() if objective.task == "classification" else len(x)
     model.train(was_training)
-    count = torch.tensor(samples, device=device, dtype=torch.float64)
-    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), count])).tolist()
-    metrics = {f"{prefix}/loss": totals[0] / max(totals[2], 1)}
+    counts = torch.tensor([samples, targets], device=device, dtype=torch.float64)
+    totals = distributed.all_reduce_sum(
+        torch.cat([torch.stack([loss_sum, correct.double()]), counts])
+    )
+    loss_total, correct_total, samples, targets = totals.tolist()
+    metrics = {f"{prefix}/loss": loss_total / max(samples, 1)}
     if objective.task == "classification":
-        metrics[f"{prefix}/acc"] = totals[1] / max(totals[2], 1)
+        metrics[f"{prefix}/acc"] = correct_total / max(targets, 1)
     return metrics

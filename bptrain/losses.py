@@ -57,17 +57,20 @@ class Objective:
         """Number of correct predictions in the batch as a tensor (no host sync), or None for regression."""
         if self.task != "classification":
             return None
+        output, target = self._align(output, target)
         if self.binary:
-            return ((output.reshape(-1) > 0).long() == target).sum()
+            return ((output > 0).long() == target.long()).sum()
         return (output.argmax(dim=-1) == target).sum()
 
     def _align(
         self, output: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.binary:
-            return output.reshape(-1), target.to(output.dtype)
+            return output.reshape(-1), target.reshape(-1).to(output.dtype)
         if self.task == "regression":
             return output.reshape(len(output), -1), target.reshape(len(target), -1).to(output.dtype)
+        if target.ndim > 1:  # per-step labels (N, T): every step is one classification
+            return output.reshape(target.numel(), -1), target.reshape(-1)
         return output, target
 
 

@@ -44,7 +44,9 @@ def print_run_header(
     )
     console.print(
         f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes} | "
-        f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters | "
+        f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters"
+        + (f" ({total - trainable:,} frozen)" if total > trainable else "")
+        + " | "
         f"device {device}, precision {cfg.trainer.precision} | {total_steps} optimizer steps",
         soft_wrap=True,
     )

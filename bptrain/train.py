@@ -8,11 +8,16 @@ Order of operations in one optimizer step (see ``train_step``):
    also for a last, shorter window at the end of an epoch;
 3. unscale the gradients, *then* measure their norm and clip (clipping scaled
    gradients would clip against the wrong threshold);
-4. ``scaler.step`` (skips the update if fp16 gradients overflowed), ``scaler.update``;
+4. check the loss and gradients per ``trainer.nan_policy`` (``faults.NonFiniteGuard``);
+   ``scaler.step`` (skips the update if fp16 gradients overflowed), ``scaler.update``;
 5. step a per-step LR schedule; zero the gradients (set to None: frees memory).
 
 Host syncs (``.item()``, ``.tolist()``) happen only at log steps and epoch ends:
 on a GPU each one stalls the pipeline.
+
+Checkpoints (``checkpoint.py``) are written at step boundaries only: every
+``every_n_steps``, at epoch ends, and when a stop signal was flagged
+(``faults.StopFlag``), so a resumed run continues at exactly the same micro-batch.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,20 +36,30 @@ from torch import nn
 
 import bptrain
 from bptrain import distributed
-from bptrain.checkpoint import load_checkpoint, model_state, save_checkpoint
+from bptrain.checkpoint import (
+    CheckpointTracker,
+    load_checkpoint,
+    model_state,
+    rewind_run_dir,
+    save_checkpoint,
+    save_safetensors,
+)
 from bptrain.config import Config, to_dict, to_yaml
 from bptrain.data import Batches, build_data
+from bptrain.early_stopping import EarlyStopping
 from bptrain.errors import TrainingError, UserError
 from bptrain.evaluate import evaluate
+from bptrain.faults import Interrupted, NonFinite, NonFiniteGuard, StopFlag, locate_nonfinite
 from bptrain.losses import Objective, build_objective
-from bptrain.models import build_model
+from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
 from bptrain.runlog import RunLog, create_run_dir, write_json
 from bptrain.runtime import Precision, rng_state, seed_everything, set_rng_state
 from bptrain.summary import print_run_header, print_summary
+from bptrain.transfer import describe_init, freeze, init_from
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+__all__ = ["Interrupted", "Progress", "fit", "train_step"]
 
 
 @dataclass
@@ -55,17 +71,8 @@ class Progress:
     batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
     epoch_loss_sum: float = 0.0  # running sums for the epoch's train/loss
     epoch_samples: int = 0
-    best_value: float | None = None
-    best_epoch: int | None = None
-    best_metrics: dict[str, float] | None = None
-
-
-class Interrupted(Exception):
-    """Raised after the checkpoint is saved when a stop signal or Ctrl-C arrived."""
-
-    def __init__(self, signum: int, run_dir: Path) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.run_dir = signum, run_dir
+    schedule_steps: int = 0  # horizon of per-step LR schedules, fixed when the run starts
+    metrics_bytes: int = 0  # length of metrics.jsonl when this checkpoint was written
 
 
 def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
@@ -78,10 +85,20 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         console = Console(quiet=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
     data = build_data(
-        cfg.data, seed=cfg.seed, device=device, rank=dist.rank, world_size=dist.world_size
+        cfg.data,
+        seed=cfg.seed,
+        device=device,
+        integer_inputs=takes_token_ids(cfg.model),
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     objective = build_objective(cfg.loss, data.spec)
-    model = build_model(cfg.model, data.spec, objective.name).to(device)
+    model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
+    saved, checkpoint_path = _load_resume(cfg, resume)
+    if saved is None and cfg.model.init_from is not None:  # resuming restores weights anyway
+        console.print(describe_init(init_from(model, cfg.model.init_from, cfg.model.init_strict)))
+    freeze(model, cfg.model.freeze)
+    model.to(device)
     objective.loss_fn.to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     accumulate = cfg.trainer.accumulate_grad_batches
@@ -89,48 +106,90 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     total_steps = cfg.trainer.max_epochs * steps_per_epoch
     if cfg.trainer.max_steps is not None:
         total_steps = min(total_steps, cfg.trainer.max_steps)
-    scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, total_steps)
+    # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
+    horizon = saved["progress"]["schedule_steps"] if saved else total_steps
+    scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, horizon)
     precision = Precision.create(cfg.trainer.precision, device)
     forward = distributed.wrap(model, dist)  # DDP when distributed
     forward = (
         torch.compile(forward) if cfg.trainer.compile else forward
     )  # checkpoints save `model`, never the DDP or compiled wrapper
+    _check_monitors(cfg, data)
 
-    state = Progress()
-    checkpoint_path = distributed.broadcast(_resume_path(cfg, resume))  # rank 0 decides
-    if checkpoint_path is not None:
-        run_dir = checkpoint_path.parent.parent
-        state = _restore(checkpoint_path, cfg, data.spec, model, optimizer, scheduler, precision)
-    else:
-        run_dir = distributed.broadcast(
-            create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run") if dist.is_main else None
+    state, best_weights = Progress(schedule_steps=total_steps), None
+    if saved is not None:  # best_weights: kept for early_stopping.restore_best_weights
+        state, best_weights = _restore(
+            saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
         )
-        if dist.is_main:
-            (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-    log = RunLog(run_dir, cfg.logging.tensorboard) if dist.is_main else distributed.NullLog()
+    run_dir = _run_dir_of(checkpoint_path)
+    if run_dir is not None and dist.is_main:
+        rewind_run_dir(run_dir, state.metrics_bytes)
+    elif run_dir is None:  # rank 0 names it, every rank writes into (rank 0) or reads from it
+        run_dir = distributed.broadcast(
+            _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+            if dist.is_main
+            else None
+        )
+    ckpt, es_cfg = cfg.trainer.checkpoint, cfg.trainer.early_stopping
+    tracker = CheckpointTracker(
+        run_dir / "checkpoints", ckpt.monitor, ckpt.mode, ckpt.save_top_k, ckpt.save_best
+    )
+    stopper = EarlyStopping.from_config(es_cfg) if es_cfg is not None else None
+    guard = NonFiniteGuard(
+        cfg.trainer.nan_policy, cfg.trainer.max_skipped_steps, device, precision.scaler.is_enabled()
+    )
+    for part, owner in (
+        ("checkpoint_tracker", tracker),
+        ("early_stopping", stopper),
+        ("nan_guard", guard),
+    ):
+        if saved is not None and owner is not None and saved.get(part) is not None:
+            owner.load_state_dict(saved[part])
+    if dist.is_main:
+        _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
+    log = (
+        _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
+        if dist.is_main
+        else distributed.NullLog()
+    )
     print_run_header(
         console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
     )
     console.print(dist.describe(cfg.data.batch_size, accumulate))
 
+    stop = StopFlag()
+
+    def checkpoint_state() -> dict[str, Any]:
+        guard.raise_if_failed()  # never save a model a lazily-detected NaN has poisoned
+        state.metrics_bytes = log.jsonl.tell()
+        return _checkpoint_state(
+            cfg, data, model, optimizer, scheduler, precision, state,
+            tracker, stopper, guard, best_weights,
+        )  # fmt: skip
+
     def save_last() -> None:
-        if not dist.is_main:
-            return
-        state_dict = _checkpoint_state(
-            cfg, data.spec, model, optimizer, scheduler, precision, state
-        )
-        save_checkpoint(state_dict, run_dir / "checkpoints" / "last.pt")
+        if ckpt.save_last and dist.is_main:
+            with stop.saving():
+                save_checkpoint(checkpoint_state(), run_dir / "checkpoints" / "last.pt")
+
+    def export(path: Path) -> None:
+        meta = {"format": "pt", "epoch": str(state.epoch), "step": str(state.step)}
+        save_safetensors(model.state_dict(), path, {**meta, "bptrain": bptrain.__version__})
 
     # ------------------------------------------------------------------ train
     progress = ConsoleProgress(
         console, cfg.logging.progress if dist.is_main else "off", total_steps
     )
-    stop = _StopFlag()
-    status, started = "completed", time.perf_counter()
+    status, stop_reason, started = "completed", None, time.perf_counter()
+    stopping: int | None = None  # the stop signal, once every rank agreed on it
     epoch_metrics: dict[str, float] = {}
     try:
         with stop.installed():
-            while state.epoch < cfg.trainer.max_epochs and state.step < total_steps:
+            while (
+                state.epoch < cfg.trainer.max_epochs
+                and state.step < total_steps
+                and not (stopper is not None and stopper.should_stop)
+            ):
                 model.train()
                 data.train.set_epoch(state.epoch)
                 epoch_loss = torch.tensor(state.epoch_loss_sum, device=device, dtype=torch.float64)
@@ -144,98 +203,135 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         precision,
                         cfg,
                         measure_grad_norm=log_now,
+                        guard=guard,
                     )
-                    epoch_loss += window_loss.double() * window_samples
-                    state.epoch_samples += window_samples
+                    # a step skipped by nan_policy skip adds nothing to train/loss
+                    if not guard.last_skipped:
+                        epoch_loss += window_loss.double() * window_samples
+                        state.epoch_samples += window_samples
                     state.batch_in_epoch += len(window)
                     state.step += 1
-                    if scheduler is not None and schedule_interval == "step":
-                        scheduler.step()
+                    # past the schedule's horizon (an extended run) the LR stays at its final value;
+                    # onecycle would raise if stepped further
+                    if schedule_interval == "step" and state.step <= state.schedule_steps:
+                        scheduler.step()  # type: ignore[union-attr]
 
                     if log_now:
                         # train/loss averaged over ranks; grad_norm is of the synced gradients
                         window_loss = distributed.mean_over_ranks(window_loss)
                         step_metrics = _step_metrics(
-                            state, window_loss, grad_norm, optimizer, precision
+                            state, window_loss, grad_norm, optimizer, precision, guard
                         )
                         log.log("step", state.step, step_metrics)
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
                         progress.step(state.step, state.epoch + 1)
                     # every rank stops after the same step, even if only some got the signal
-                    stop.signum = distributed.agree_on_signal(stop.received)
-                    if stop.signum is not None or state.step >= total_steps:
+                    stopping = distributed.agree_on_signal(stop.signum)
+                    if stopping is not None or state.step >= total_steps:
                         break
+                    if (
+                        ckpt.every_n_steps
+                        and state.step % ckpt.every_n_steps == 0
+                        and state.batch_in_epoch < len(data.train)
+                    ):
+                        state.epoch_loss_sum = float(epoch_loss)
+                        save_last()
                 state.epoch_loss_sum = float(epoch_loss)
-                if (
-                    stop.signum is not None
-                ):  # mid-epoch: save where we are, resume continues from here
+                if stopping is not None:  # save where we are: resume continues from here
                     save_last()
-                    log.log(
-                        "event",
-                        state.step,
-                        {"event": "interrupted", "signal": signal.Signals(stop.signum).name},
-                    )
-                    raise Interrupted(stop.signum, run_dir)
+                    name = signal.Signals(stopping).name
+                    log.log("event", state.step, {"event": "interrupted", "signal": name})
+                    raise Interrupted(stopping, run_dir, saved=ckpt.save_last, step=state.step)
 
                 # -------------------------------------------------- end of epoch
                 loss_sum, samples = distributed.sum_over_ranks(
                     state.epoch_loss_sum, state.epoch_samples
                 )
                 epoch_metrics = {"epoch": state.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
-                if not math.isfinite(epoch_metrics["train/loss"]):
-                    last_good = run_dir / "checkpoints" / "last.pt"
-                    raise TrainingError(
-                        f"training loss became {epoch_metrics['train/loss']} in epoch {state.epoch + 1} (step {state.step}). "
-                        "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "
-                        f"The last good checkpoint is {last_good if last_good.exists() else 'not written yet'}."
-                    )
+                guard.check_epoch_loss(epoch_metrics["train/loss"])
                 state.epoch += 1
                 state.batch_in_epoch, state.epoch_loss_sum, state.epoch_samples = 0, 0.0, 0
                 last_epoch = state.epoch >= cfg.trainer.max_epochs or state.step >= total_steps
-                if data.val is not None and (
+                validated = data.val is not None and (
                     state.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
-                ):
+                )
+                if validated:
                     epoch_metrics.update(evaluate(model, data.val, objective, precision, "val"))
-                    _track_best(state, epoch_metrics)
                     if scheduler is not None and schedule_interval == "validation":
                         scheduler.step(_monitored(epoch_metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
                 if scheduler is not None and schedule_interval == "epoch":
                     scheduler.step()
                 epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
                 epoch_metrics["time"] = round(time.perf_counter() - started, 3)
+                if stopper is not None and (validated or not stopper.monitor.startswith("val/")):
+                    best_weights = _early_stopping(
+                        stopper, es_cfg, epoch_metrics, model, best_weights
+                    )
                 log.log("epoch", state.step, epoch_metrics)
                 progress.epoch_end(state.epoch, state.step, epoch_metrics)
-                save_last()
-    except KeyboardInterrupt:
-        stop.signum = signal.SIGINT
-        save_last()
-        log.log("event", state.step, {"event": "interrupted", "signal": "SIGINT"})
-        raise Interrupted(signal.SIGINT, run_dir) from None
+                if dist.is_main:
+                    tracker.update(epoch_metrics, state.epoch, state.step, checkpoint_state, export)
+                stopping = stopper is not None and stopper.should_stop
+                if state.epoch % ckpt.every_n_epochs == 0 or last_epoch or stopping:
+                    save_last()
+    except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
+        log.log("event", state.step, {"event": "interrupted", "signal": "SIGINT", "saved": False})
+        raise Interrupted(signal.SIGINT, run_dir, saved=False, step=state.step) from None
+    except NonFinite as err:
+        raise _nan_failure(err, run_dir, state, cfg, log) from None
+    except OSError as err:  # metrics.jsonl, TensorBoard: a full disk is the usual suspect
+        last = run_dir / "checkpoints" / "last.pt"
+        raise TrainingError(
+            f"I/O error while training: {err}. "
+            f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
+        ) from None
     finally:
         progress.close()
 
     # ------------------------------------------------------------------ finish
+    if stopper is not None and stopper.should_stop:
+        status, stop_reason = "early_stopped", f"early stopping: {stopper.reason}"
+        console.print(
+            f"[bold]early stopping[/bold] at epoch {stopper.stopped_epoch}: {stopper.reason}"
+        )
+        log.log("event", state.step, {"event": "early_stopped", **stopper.state_dict()})
+    else:
+        stop_reason = (
+            "max_epochs reached" if state.epoch >= cfg.trainer.max_epochs else "max_steps reached"
+        )
+    if best_weights is not None:  # early_stopping.restore_best_weights, however the run ended
+        model.load_state_dict(best_weights)
+        console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
+    if dist.is_main:
+        export(
+            run_dir / "checkpoints" / "last.safetensors"
+        )  # the final model: what test/* measures
     test_metrics = (
         evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
     )
     if test_metrics:
         log.log("test", state.step, test_metrics)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     summary = {
         "status": status,
+        "stop_reason": stop_reason,
         "run_dir": str(run_dir),
         "epochs": state.epoch,
         "steps": state.step,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "final": epoch_metrics,
-        "best": None
-        if state.best_epoch is None
-        else {"epoch": state.best_epoch, "monitor": "val/loss", **(state.best_metrics or {})},
+        "best": tracker.summary(),
+        "early_stopping": None
+        if stopper is None
+        else {**stopper.state_dict(), "restored_best_weights": best_weights is not None},
         "test": test_metrics,
         "params": {
             "total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "frozen": frozen,
         },
+        "nonfinite": {"skipped_steps": guard.skipped, "amp_skipped_steps": int(guard.amp_skips)},
         "device": str(device),
         "distributed": dist.summary(cfg.data.batch_size, accumulate),
         "precision": cfg.trainer.precision,
@@ -256,6 +352,7 @@ def train_step(
     precision: Precision,
     cfg: Config,
     measure_grad_norm: bool = False,
+    guard: NonFiniteGuard | None = None,
 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """One optimizer step over an accumulation window.
 
@@ -299,8 +396,16 @@ def train_step(
         optimizer
     )  # true gradients from here on: the norm and the clipping see real values
     grad_norm = clip_and_measure(model, cfg, measure_grad_norm)
+    if guard is not None and not guard.step_ok(
+        loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], objective.loss)
+    ):  # nan_policy skip: no update for this window
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss, window_samples, grad_norm
     scaler.step(optimizer)
     scaler.update()
+    if guard is not None:
+        guard.after_update(scaler)
     optimizer.zero_grad(set_to_none=True)
     return loss, window_samples, grad_norm
 
@@ -346,12 +451,15 @@ def _step_metrics(
     grad_norm: torch.Tensor | None,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
+    guard: NonFiniteGuard,
 ) -> dict[str, Any]:
     """The step line's values, fetched from the device in one transfer."""
+    guard.raise_if_failed()  # a log step syncs anyway: the lazy NaN check costs nothing here
     values = torch.stack(
         [
             loss.float(),
             (grad_norm if grad_norm is not None else torch.full_like(loss, math.nan)).float(),
+            guard.amp_skips.float(),
         ]
     ).tolist()
     metrics = {
@@ -362,6 +470,9 @@ def _step_metrics(
     }
     if precision.scaler.is_enabled():
         metrics["loss_scale"] = precision.scaler.get_scale()
+        metrics["amp_skipped_steps"] = int(values[2])
+    if guard.policy == "skip":
+        metrics["skipped_steps"] = guard.skipped
     return metrics
 
 
@@ -373,58 +484,115 @@ def _monitored(metrics: dict[str, float], key: str) -> float:
     return metrics[key]
 
 
-def _track_best(state: Progress, metrics: dict[str, float]) -> None:
-    value = metrics["val/loss"]
-    if math.isfinite(value) and (state.best_value is None or value < state.best_value):
-        state.best_value, state.best_epoch = value, state.epoch
-        state.best_metrics = {k: v for k, v in metrics.items() if k.startswith(("val/", "train/"))}
+def _early_stopping(
+    stopper: EarlyStopping,
+    cfg: Any,
+    metrics: dict[str, Any],
+    model: nn.Module,
+    best_weights: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
+    """Feed this epoch's metrics to early stopping; keep a CPU copy of the best weights if asked."""
+    epoch = metrics["epoch"]
+    if stopper.update(metrics, epoch):
+        metrics["early_stop"] = stopper.reason
+    if cfg.restore_best_weights and stopper.best_epoch == epoch:
+        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return best_weights
 
 
-class _StopFlag:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before preemption or the time limit) into a flag.
+def _check_monitors(cfg: Config, data: Any) -> None:
+    """Refuse before training a monitor that can never be logged, rather than after the first epoch."""
+    es, ckpt = cfg.trainer.early_stopping, cfg.trainer.checkpoint
+    if data.val is None:
+        if es is not None and es.monitor.startswith("val/"):
+            raise UserError(
+                f"trainer.early_stopping.monitor is {es.monitor} but the data has no validation split. "
+                "Set data.val_fraction > 0, or monitor train/loss."
+            )
+        if ckpt.save_top_k != 0 and ckpt.monitor.startswith("val/"):
+            raise UserError(
+                f"trainer.checkpoint.save_top_k ranks by {ckpt.monitor} but the data has no validation split. "
+                "Set data.val_fraction > 0, monitor train/loss, or set save_top_k: 0."
+            )
 
-    The handler only records the signal; the loop saves a checkpoint at the next optimizer-step
-    boundary. Saving inside a signal handler can deadlock (the handler may interrupt a write).
-    Under DDP the decision is `received` all-reduced over ranks; kept apart from it, a signal that
-    lands while that all-reduce runs is not overwritten by its result, but taken at the next step.
-    """
 
-    def __init__(self) -> None:
-        self.received: int | None = None  # set by the handler, any time
-        self.signum: int | None = None  # the loop's decision, taken at step boundaries
+def _writable(create: Any) -> Any:
+    """Run a run-directory write; an unwritable or full disk becomes a clear message (exit 2), not a traceback."""
+    try:
+        return create()
+    except OSError as err:
+        raise UserError(
+            f"cannot write the run directory: {err}. Set logging.run_dir to a writable directory "
+            "with free space (or fix its permissions)."
+        ) from None
 
-    def _handler(self, signum: int, frame: object) -> None:
-        self.received = signum
 
-    class _Installed:
-        def __init__(self, flag: _StopFlag) -> None:
-            self.flag, self.previous = flag, {}
+def _nan_failure(
+    err: NonFinite, run_dir: Path, state: Progress, cfg: Config, log: RunLog | distributed.NullLog
+) -> TrainingError:
+    """Write nan_report.json and turn the failure into a TrainingError (exit 1) that says where to look."""
+    last = run_dir / "checkpoints" / "last.pt"
+    report = {
+        "step": state.step + 1,  # the step that failed (not applied)
+        "epoch": state.epoch + 1,
+        "batch_in_epoch": state.batch_in_epoch,
+        "nan_policy": cfg.trainer.nan_policy,
+        **err.report,
+        "last_good_checkpoint": str(last) if last.exists() else None,
+    }
+    if not isinstance(log, distributed.NullLog):  # under DDP rank 0 writes it
+        write_json(run_dir / "nan_report.json", report)
+    log.log(
+        "event",
+        state.step,
+        {"event": "nonfinite", "first_nonfinite": report.get("first_nonfinite")},
+    )
+    return TrainingError(
+        f"{err} at step {report['step']} (epoch {report['epoch']}); details in {run_dir / 'nan_report.json'}. "
+        "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "
+        f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
+    )
 
-        def __enter__(self) -> None:
-            try:
-                for sig in STOP_SIGNALS:
-                    self.previous[sig] = signal.signal(sig, self.flag._handler)
-            except ValueError:  # not the main thread (e.g. inside some test runners): no handlers
-                self.previous = {}
 
-        def __exit__(self, *exc: object) -> None:
-            for sig, handler in self.previous.items():
-                signal.signal(sig, handler)
-
-    def installed(self) -> _StopFlag._Installed:
-        return _StopFlag._Installed(self)
+def _data_order(batches: Batches, epoch: int) -> int | None:
+    """A fingerprint (crc32) of the epoch's sample order: resume is exact only if it is unchanged."""
+    indices = getattr(batches, "_indices", None)
+    if indices is None:
+        return None
+    cached = getattr(batches, "_order_crc", None)  # one permutation per epoch, not one per save
+    if cached is not None and cached[0] == epoch:
+        return cached[1]
+    previous = getattr(batches, "epoch", epoch)
+    batches.set_epoch(epoch)
+    try:
+        crc = zlib.crc32(indices().to(torch.int64).cpu().numpy().tobytes())
+    finally:
+        batches.set_epoch(previous)
+    batches._order_crc = (epoch, crc)  # type: ignore[attr-defined]
+    return crc
 
 
 def _checkpoint_state(
-    cfg, spec, model, optimizer, scheduler, precision, state: Progress
-) -> dict[str, Any]:
+    cfg, data, model, optimizer, scheduler, precision, state: Progress,
+    tracker, stopper, guard, best_weights,
+) -> dict[str, Any]:  # fmt: skip
+    spec = data.spec
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": precision.scaler.state_dict(),
         "progress": asdict(state),
+        "checkpoint_tracker": tracker.state_dict(),
+        "early_stopping": stopper.state_dict() if stopper is not None else None,
+        "early_stopping_best_weights": best_weights,
+        "nan_guard": guard.state_dict(),
         "rng": rng_state(),
+        "data_order": {
+            "seed": cfg.seed,
+            "epoch": state.epoch,
+            "crc32": _data_order(data.train, state.epoch),
+        },
         "config": to_dict(cfg),
         "data_spec": {
             "task": spec.task,
@@ -432,8 +600,24 @@ def _checkpoint_state(
             "num_classes": spec.num_classes,
             "target_shape": list(spec.target_shape),
         },
+        # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
         "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
+
+
+def _load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint to continue from (None: start fresh), read with weights_only=True."""
+    path = distributed.broadcast(_resume_path(cfg, resume))  # under DDP rank 0 decides
+    if path is None:
+        return None, None
+    saved = {} if path.suffix == ".safetensors" else load_checkpoint(path)
+    for key in ("model", "progress", "optimizer", "scaler", "rng"):
+        if key not in saved:
+            raise UserError(
+                f"cannot resume from {path}: it has no '{key}' (a weights-only file?). "
+                "To start a new run from its weights, use model.init_from instead of --resume."
+            )
+    return saved, path
 
 
 def _resume_path(cfg: Config, resume: str | None) -> Path | None:
@@ -442,7 +626,7 @@ def _resume_path(cfg: Config, resume: str | None) -> Path | None:
         return None
     if resume == "auto":
         base = cfg.logging.run_dir / (cfg.logging.name or "run")
-        candidates = sorted(base.glob("*/checkpoints/last.pt"), key=lambda p: p.parent.parent.name)
+        candidates = sorted(base.glob("*/checkpoints/last.pt"), key=_run_order)
         return candidates[-1] if candidates else None
     path = Path(resume)
     if path.is_dir():
@@ -454,19 +638,60 @@ def _resume_path(cfg: Config, resume: str | None) -> Path | None:
     return path
 
 
-def _restore(path, cfg, spec, model, optimizer, scheduler, precision) -> Progress:
-    saved = load_checkpoint(path)
+def _run_order(last: Path) -> tuple[str, int]:
+    """Run directories are <timestamp>[-N]: order by timestamp, then N as a number (-10 after -9)."""
+    parts = last.parent.parent.name.split("-")
+    suffix = parts[2] if len(parts) > 2 and parts[2].isdigit() else "0"
+    return "-".join(parts[:2]), int(suffix)
+
+
+def _run_dir_of(checkpoint: Path | None) -> Path | None:
+    """A checkpoint inside <run>/checkpoints/ continues that run; one from elsewhere starts a new run directory."""
+    if checkpoint is None or checkpoint.parent.name != "checkpoints":
+        return None
+    return checkpoint.parent.parent
+
+
+def _restore(
+    saved, path, cfg, data, model, optimizer, scheduler, precision, console
+) -> tuple[Progress, dict[str, torch.Tensor] | None]:
     old_cfg, new_cfg = saved.get("config", {}), to_dict(cfg)
     for section in ("model", "data"):
         if old_cfg.get(section) != new_cfg.get(section):
+            changed = sorted(
+                k
+                for k in {*old_cfg.get(section, {}), *new_cfg.get(section, {})}
+                if old_cfg.get(section, {}).get(k) != new_cfg.get(section, {}).get(k)
+            )
             raise UserError(
-                f"cannot resume from {path}: the config's '{section}' section differs from the checkpoint's. "
-                "Resume with the same model and data (only limits such as trainer.max_epochs may change), or start a new run."
+                f"cannot resume from {path}: the config's '{section}' section differs from the checkpoint's "
+                f"({', '.join(f'{section}.{k}' for k in changed)}). Resume with the same model and data "
+                "(limits such as trainer.max_epochs may change), or start a new run (model.init_from can start from its weights)."
             )
     model.load_state_dict(model_state(saved, path))
-    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UserError(
+            f"cannot resume from {path}: the optimizer state does not fit ({err}). Was optimizer.name or model.freeze changed?"
+        ) from None
     if scheduler is not None and saved.get("scheduler") is not None:
         scheduler.load_state_dict(saved["scheduler"])
     precision.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
-    return Progress(**saved["progress"])
+    state = Progress(**saved["progress"])
+    versions = saved.get("versions", {})
+    if versions.get("torch") not in (None, torch.__version__):
+        console.print(
+            f"[yellow]warning:[/yellow] {path} was written by torch {versions['torch']}, this is {torch.__version__}: "
+            "the run continues, but bit-exact continuation is not guaranteed."
+        )
+    order = saved.get("data_order", {}).get("crc32")
+    if order is not None and order != _data_order(data.train, state.epoch):
+        console.print(
+            "[yellow]warning:[/yellow] the data order of this epoch differs from the checkpoint's "
+            "(another torch version?): the resumed run will not reproduce the original exactly."
+        )
+    es = cfg.trainer.early_stopping
+    keep = es is not None and es.restore_best_weights  # the resumed config decides
+    return state, saved.get("early_stopping_best_weights") if keep else None

@@ -13,7 +13,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
+from bptrain.config import ImageFolderData
 from bptrain.data.loaders import Batches, DataLoaderBatches, TensorBatches
 from bptrain.data.sources import Arrays, read_source
 from bptrain.errors import UserError
@@ -28,7 +30,10 @@ class DataSpec:
     task: Literal["classification", "regression"]
     input_shape: tuple[int, ...]
     num_classes: int | None
-    target_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]  # () for one class label per sample, (T,) for per-step labels
+    token_range: int | None = (
+        None  # max + 1 of integer-valued inputs (token ids); None for real inputs
+    )
 
     @property
     def in_features(self) -> int:
@@ -44,9 +49,22 @@ class DataBundle:
 
 
 def build_data(
-    cfg: object, seed: int, device: torch.device, rank: int = 0, world_size: int = 1
+    cfg: object,
+    seed: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    integer_inputs: bool = False,
 ) -> DataBundle:
-    """Turn a data config into train/val/test batches on (or for) ``device``."""
+    """Turn a data config into train/val/test batches on (or for) ``device``.
+
+    Integer inputs become float32 unless ``integer_inputs`` (the model embeds token ids, see
+    ``models.takes_token_ids``): then they stay int64 and are never normalised.
+    """
+    if isinstance(cfg, ImageFolderData):
+        from bptrain.data.images import build_imagefolder
+
+        return build_imagefolder(cfg, seed, device, rank, world_size)
     splits = read_source(cfg, seed)
     train, val, test = splits.train, splits.val, splits.test
     rng = np.random.default_rng(
@@ -62,6 +80,11 @@ def build_data(
             "validation",
         )  # type: ignore[attr-defined]
     spec = _infer_spec(train, [s for s in (val, test) if s is not None])
+    keep_tokens = integer_inputs and spec.token_range is not None
+    if cfg.normalize and keep_tokens:  # type: ignore[attr-defined]
+        raise UserError(
+            "data.normalize would turn the token ids the model embeds into real numbers; set data.normalize=false."
+        )
     if cfg.normalize:  # type: ignore[attr-defined]
         mean, std = _feature_stats(train[0])
         train, val, test = (
@@ -69,9 +92,12 @@ def build_data(
         )  # type: ignore[misc]
 
     def to_tensors(arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(np.ascontiguousarray(arrays[0]), dtype=torch.float32)
+        x_dtype = torch.int64 if keep_tokens else torch.float32
+        x = torch.as_tensor(np.ascontiguousarray(arrays[0]), dtype=x_dtype)
         if spec.task == "classification":
-            y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.int64).reshape(-1)
+            y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.int64).reshape(
+                len(arrays[1]), *spec.target_shape
+            )
         else:
             y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.float32).reshape(
                 len(arrays[1]), -1
@@ -93,7 +119,10 @@ def build_data(
         )
         if cfg.loader == "dataloader":  # type: ignore[attr-defined]
             return DataLoaderBatches(
-                x, y, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", **common
+                TensorDataset(x, y),
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+                **common,
             )  # type: ignore[attr-defined,arg-type]
         return TensorBatches(
             _to_device_if_it_fits(x, device), _to_device_if_it_fits(y, device), **common
@@ -129,28 +158,44 @@ def _infer_spec(train: Arrays, others: list[Arrays]) -> DataSpec:
             )
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise UserError(f"data: x must be real numbers, got dtype {x.dtype}.")
+    token_range = None
+    if np.issubdtype(x.dtype, np.integer):
+        low = min([int(x.min())] + [int(o[0].min()) for o in others if o[0].size])
+        if low >= 0:  # non-negative integers can be token ids for an embedding
+            token_range = max([int(x.max())] + [int(o[0].max()) for o in others if o[0].size]) + 1
     if np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_):
         labels = np.concatenate([y.reshape(-1)] + [o[1].reshape(-1) for o in others])
-        if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
-            raise UserError(
-                f"data: integer targets are class labels and must have shape (samples,), got {y.shape}."
-            )
+        for _, other_y in others:
+            if other_y.shape[1:] != y.shape[1:]:
+                raise UserError(
+                    f"data: validation/test labels have shape {other_y.shape[1:]} per sample but training labels {y.shape[1:]}."
+                )
         if labels.min() < 0:
             raise UserError(f"data: class labels must be 0..C-1, found {labels.min()}.")
-        return DataSpec("classification", tuple(x.shape[1:]), int(labels.max()) + 1, ())
+        # (N,) or (N, 1): one label per sample; (N, T, ...): a label per step (many-to-many).
+        per_step = () if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1) else tuple(y.shape[1:])
+        return DataSpec(
+            "classification", tuple(x.shape[1:]), int(labels.max()) + 1, per_step, token_range
+        )
     if not np.issubdtype(y.dtype, np.floating):
         raise UserError(
             f"data: y must be integer class labels or real-valued targets, got dtype {y.dtype}."
         )
-    return DataSpec("regression", tuple(x.shape[1:]), None, tuple(y.shape[1:]) or (1,))
+    return DataSpec("regression", tuple(x.shape[1:]), None, tuple(y.shape[1:]) or (1,), token_range)
 
 
 def _feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean/std over samples (and over positions for sequences/images: channel statistics)."""
-    axes = (0,) if x.ndim == 2 else tuple(i for i in range(x.ndim) if i != 1)
+    """Per-feature mean/std over samples, and over positions for sequences and images (channel statistics).
+
+    Layouts: (N, F) tabular, per feature; (N, T, F) sequences, per feature F over samples and
+    steps; (N, C, H, W) and higher, per channel C over samples and pixels.
+    """
+    x = x.astype(np.float64, copy=False)
+    channel = {2: 1, 3: 2}.get(x.ndim, 1)
+    axes = tuple(i for i in range(x.ndim) if i != channel)
     mean = x.mean(axis=axes, keepdims=True)
     std = x.std(axis=axes, keepdims=True)
-    return mean[0], np.where(std > 1e-8, std, 1.0)[0]
+    return mean[0].astype(np.float32), np.where(std > 1e-8, std, 1.0)[0].astype(np.float32)
 
 
 def _to_device_if_it_fits(t: torch.Tensor, device: torch.device) -> torch.Tensor:

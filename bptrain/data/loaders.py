@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -113,13 +113,17 @@ class TensorBatches(_Sharded):
 
 
 class DataLoaderBatches(_Sharded):
-    """A torch DataLoader (workers, pinned memory) over the same per-epoch order."""
+    """A torch DataLoader (workers, pinned memory) over the same per-epoch order.
+
+    Takes any map-style dataset of (x, y) pairs: in-memory tensors (``TensorDataset``) or
+    samples decoded on the fly (image folders).
+    """
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, num_workers: int, pin_memory: bool, **kwargs: object
+        self, dataset: Dataset, num_workers: int, pin_memory: bool, **kwargs: object
     ) -> None:
-        super().__init__(len(x), **kwargs)  # type: ignore[arg-type]
-        self.dataset = TensorDataset(x, y)
+        super().__init__(len(dataset), **kwargs)  # type: ignore[arg-type]
+        self.dataset = dataset
         self.num_workers, self.pin_memory = num_workers, pin_memory
 
     def __iter__(self) -> Iterator[Batch]:
@@ -130,5 +134,6 @@ class DataLoaderBatches(_Sharded):
             drop_last=self.drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
+            persistent_workers=False,  # workers see the dataset as it is when each epoch starts
         )
         yield from loader

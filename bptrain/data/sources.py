@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from bptrain.config import (
+    AddingData,
     BlobsData,
+    CopyData,
     CsvData,
     DigitsData,
+    MajorityData,
     MoonsData,
     NpzData,
+    ShapesData,
     SineData,
+    SineSeriesData,
     SpiralsData,
     XorData,
 )
@@ -58,6 +63,16 @@ def read_source(cfg: object, seed: int) -> Splits:
         return read_npz(cfg.path)
     if isinstance(cfg, CsvData):
         return Splits(read_csv(cfg.path, cfg.target, cfg.task))
+    if isinstance(cfg, AddingData):
+        return Splits(synthetic.adding(cfg.n_samples, cfg.length, rng))
+    if isinstance(cfg, CopyData):
+        return Splits(synthetic.copy_task(cfg.n_samples, cfg.length, cfg.delay, cfg.symbols, rng))
+    if isinstance(cfg, MajorityData):
+        return Splits(synthetic.majority(cfg.n_samples, cfg.length, cfg.vocab, rng))
+    if isinstance(cfg, SineSeriesData):
+        return Splits(synthetic.sine_series(cfg.n_samples, cfg.length, cfg.horizon, cfg.noise, rng))
+    if isinstance(cfg, ShapesData):
+        return Splits(synthetic.shapes(cfg.n_samples, cfg.image_size, cfg.noise, rng))
     raise AssertionError(f"unhandled data source {cfg!r}")
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from bptrain.config import MLPModel
 from bptrain.models.layers import activation, init_weights, norm_1d
@@ -39,8 +42,13 @@ class MLP(nn.Module):
         residual: bool = False,
         leaky_relu_slope: float = 0.01,
         log_softmax: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
+        # sqrt(depth) segments (Chen et al., 2016): keeps ~sqrt(n) segment inputs plus one
+        # segment's activations, instead of n layers' (one segment per layer would save nothing).
+        self.segments = max(1, round(math.sqrt(len(hidden))))
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -62,10 +70,20 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+        x = x.flatten(1)
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # Only segment inputs are kept; the rest is recomputed during the backward pass.
+            return checkpoint_sequential(self.net, self.segments, x, use_reentrant=False)
+        return self.net(x)
 
 
-def build_mlp(cfg: MLPModel, in_features: int, out_features: int, log_softmax: bool) -> MLP:
+def build_mlp(
+    cfg: MLPModel,
+    in_features: int,
+    out_features: int,
+    log_softmax: bool,
+    activation_checkpointing: bool = False,
+) -> MLP:
     model = MLP(
         in_features,
         out_features,
@@ -76,6 +94,7 @@ def build_mlp(cfg: MLPModel, in_features: int, out_features: int, log_softmax: b
         residual=cfg.residual,
         leaky_relu_slope=cfg.leaky_relu_slope,
         log_softmax=log_softmax,
+        activation_checkpointing=activation_checkpointing,
     )
     init_weights(model, cfg.init, cfg.activation, cfg.init_gain, cfg.leaky_relu_slope)
     return model

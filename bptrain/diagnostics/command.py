@@ -1,0 +1,152 @@
+"""``bptrain grad-inspect``: from a config (and optional sweep) to tables, JSON, a plot and an exit code.
+
+This module owns the glue only: it builds data, model, objective and optimizer
+exactly as ``fit`` does (same seed, same first batches), hands them to
+``inspect_gradients``, and decides the exit code from the flags' severities.
+User mistakes (bad sweep syntax, wrong checkpoint) raise ``UserError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
+from bptrain.diagnostics.plot import plot
+from bptrain.diagnostics.render import print_report, sweep_table
+from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
+from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
+
+SweepPoint = tuple[str, list[str]]
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``V1,V2`` on commas outside brackets, so ``[64,64],[128]`` gives two lists."""
+    values: list[str] = []
+    depth = 0
+    current = ""
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    values.append(current)
+    return [v.strip() for v in values]
+
+
+def sweep_grid(sweep: list[str]) -> list[SweepPoint]:
+    """Every combination of ``KEY=V1,V2,...`` options as (label, extra overrides)."""
+    axes: list[list[str]] = []
+    for item in sweep:
+        key, sep, values = item.partition("=")
+        parts = split_values(values) if sep else []
+        if not key.strip() or not parts or any(not v for v in parts):
+            raise UserError(f"--sweep '{item}': expected KEY=V1,V2,... e.g. model.activation=sigmoid,tanh,relu")
+        axes.append([f"{key.strip()}={v}" for v in parts])
+    if not axes:
+        return [("", [])]
+    return [(" ".join(o.split(".")[-1] for o in combo), list(combo)) for combo in itertools.product(*axes)]
+
+
+def inspect_config(config_path: Path, overrides: list[str], checkpoint: Path | None, batches: int,
+                   options: InspectOptions) -> tuple[Report, int]:
+    """Build everything as ``fit`` does and inspect; returns the report and the batches actually used."""
+    import torch
+
+    from bptrain.checkpoint import load_checkpoint, model_state
+    from bptrain.config import load_config
+    from bptrain.optim import build_optimizer
+    from bptrain.runtime import resolve_device, seed_everything
+    from bptrain.setup import build_setup
+
+    cfg = load_config(config_path, overrides)
+    device = resolve_device(cfg.trainer.device)
+    seed_everything(cfg.seed, False)
+    setup = build_setup(cfg, device, transfer=checkpoint is None)
+    data, objective, model = setup.data, setup.objective, setup.model
+    if checkpoint is not None:
+        state = model_state(load_checkpoint(checkpoint, map_location=device), checkpoint)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(f"checkpoint {checkpoint} does not fit the model of {config_path}: {err}") from None
+    data.train.set_epoch(0)
+    taken: list[tuple[Any, Any]] = [(x, y) for x, y in itertools.islice(iter(data.train), batches)]
+    if not taken:
+        raise UserError("the training split has no batches to inspect")
+    options = InspectOptions(**{**options.__dict__, "seed": cfg.seed})
+
+    def make_optimizer(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg.optimizer, m)
+
+    report = inspect_gradients(model, objective.loss, taken, make_optimizer=make_optimizer, options=options)
+    return report, len(taken)
+
+
+def fails(reports: list[Report], fail_on: str | None) -> bool:
+    if fail_on is None:
+        return False
+    limit = SEVERITY_RANK[fail_on]
+    return any(SEVERITY_RANK[f.severity] >= limit for r in reports for f in r.flags)
+
+
+def write_json(data: dict[str, Any], json_path: Path) -> None:
+    text = json.dumps(data, indent=2, allow_nan=False)
+    if str(json_path) == "-":
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text + "\n", encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"cannot write {json_path}: {err}") from None
+
+
+def plot_paths(plot_path: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [plot_path]
+    return [plot_path.with_name(f"{plot_path.stem}-{i}{plot_path.suffix or '.png'}") for i in range(count)]
+
+
+def run_grad_inspect(config_path: Path, overrides: list[str], *, checkpoint: Path | None, batches: int,
+                     json_path: Path | None, plot_path: Path | None, fail_on: str | None,
+                     check_gradients: bool, sweep: list[str], noise: bool, curvature: bool,
+                     console: Console) -> int:
+    """Returns the exit code: 0, or 3 when flags at/above `fail_on` severity were found."""
+    if batches < 1:
+        raise UserError("--batches must be at least 1")
+    if fail_on not in (None, "warning", "error"):
+        raise UserError(f"--fail-on must be warning or error, not {fail_on!r}")
+    options = InspectOptions(check_gradients=check_gradients, noise=noise, curvature=curvature)
+    results: list[tuple[SweepPoint, Report]] = []
+    for point in sweep_grid(sweep):
+        report, used = inspect_config(config_path, [*overrides, *point[1]], checkpoint, batches, options)
+        if used < batches:
+            console.print(f"note: the training split has only {used} batch(es); inspected {used}.")
+        results.append((point, report))
+    reports = [r for _, r in results]
+    if len(results) == 1:
+        print_report(reports[0], console)
+    else:
+        console.print(sweep_table([(label, r) for (label, _), r in results]))
+        for (label, _), report in results:
+            console.print(f"[bold]{label}[/bold]: {report.verdict}", highlight=False)
+    if json_path is not None:
+        if len(results) == 1:
+            data = to_json_dict(reports[0])
+        else:
+            data = {"sweep": [{"label": label, "overrides": extra, "report": to_json_dict(r)}
+                              for (label, extra), r in results]}
+        write_json(data, json_path)
+    if plot_path is not None:
+        for path, report in zip(plot_paths(plot_path, len(reports)), reports, strict=True):
+            console.print(f"plot written to {plot(report, path)}")
+    return EXIT_DIAGNOSTIC_FLAGS if fails(reports, fail_on) else EXIT_OK

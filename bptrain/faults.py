@@ -1,0 +1,252 @@
+"""What the loop does when something goes wrong: stop signals, Ctrl-C, non-finite losses and gradients.
+
+Signals (SIGTERM, SIGUSR1: what SLURM and Kubernetes send before preemption or the
+time limit; SIGINT: Ctrl-C) only set a flag. The loop checks it after each optimizer
+step, saves last.pt at that step boundary, and exits with 128 + the signal number.
+Saving inside a handler could interrupt a write half-way; deferring to the step
+boundary also makes the saved state exact (no half-applied optimizer step). A second
+Ctrl-C outside a save forces an immediate stop without saving (the previous last.pt
+stays); any signal that arrives *during* a save is only recorded.
+
+Non-finite values (``trainer.nan_policy``):
+
+- ``stop``: stop at the first non-finite loss or gradient, write ``nan_report.json``
+  naming the step and where the values first went bad (the first layer whose output is
+  non-finite, or the parameters whose gradients are), keep the last good checkpoint, exit 1;
+- ``skip``: skip that optimizer step (no update), count it, stop as ``stop`` does once
+  more than ``max_skipped_steps`` were skipped;
+- ``ignore``: no checks.
+
+Overhead: on CPU every step is checked before the optimizer update (a host read of two
+scalars costs nothing there). On a GPU, ``stop`` accumulates a device-side flag (the
+loss every step, the gradient norm when clipping or logging computes it anyway) and reads
+it only at log steps, epoch ends and before every checkpoint write: no extra sync per step,
+at the price of detecting a NaN up to ``log_every_n_steps`` steps late (the checkpoint is
+checked first, so a poisoned model is never saved). ``skip`` must decide before each
+update, so on a GPU it costs one sync per step.
+
+fp16: an overflow in the *scaled* gradients is routine; the GradScaler skips that
+update and lowers its scale. Those steps are counted (``amp_skipped_steps`` in the step
+lines and summary.json) and are not failures; only a non-finite *loss* is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bptrain.errors import TrainingError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """Raised after the checkpoint is saved (or, on a forced second Ctrl-C, without saving)."""
+
+    def __init__(self, signum: int, run_dir: Path, saved: bool = True, step: int = 0) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.run_dir, self.saved, self.step = signum, run_dir, saved, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    def hint(self, resume_command: str) -> str:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        done = (
+            f"saved {last} at step {self.step}"
+            if self.saved
+            else f"forced: not saved; the previous {last} (if any) is intact"
+        )
+        return f"stopped by {self}; {done}. Resume with: {resume_command} --resume {self.run_dir}"
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGUSR1/SIGINT into a flag the loop reads at step boundaries."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saving = False
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        forced = signum == signal.SIGINT and self.signum is not None and not self._saving
+        if self.signum is None:
+            self.signum = signum
+        if forced:  # second Ctrl-C while a step hangs: stop now, without saving
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        try:
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread (e.g. inside some test runners): no handlers
+            self._previous = {}
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous = {}
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """While a checkpoint is written, every signal is only recorded."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+
+
+class NonFinite(TrainingError):
+    """A non-finite loss or gradient under nan_policy stop (or too many skips)."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class NonFiniteGuard:
+    """Applies ``trainer.nan_policy`` inside ``train_step``, and counts AMP-skipped steps."""
+
+    def __init__(self, policy: str, max_skips: int, device: torch.device, amp_scaler: bool) -> None:
+        self.policy, self.max_skips, self.amp_scaler = policy, max_skips, amp_scaler
+        self.eager = device.type == "cpu" or policy == "skip"
+        self.skipped = 0  # steps skipped by nan_policy skip
+        self.last_skipped = False
+        self.amp_skips = torch.zeros((), dtype=torch.int64, device=device)
+        self._bad = torch.zeros((), dtype=torch.bool, device=device)  # lazy mode: seen a non-finite
+        self._prev_scale: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "amp_skips": int(self.amp_skips)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = state["skipped"]
+        self.amp_skips.fill_(state["amp_skips"])
+
+    def step_ok(
+        self,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor | None,
+        model: nn.Module,
+        locate: Callable[[], dict[str, Any]],
+    ) -> bool:
+        """Before the optimizer update: True to apply it, False to skip it; raises NonFinite to stop."""
+        self.last_skipped = False
+        if self.policy == "ignore":
+            return True
+        check_grads = not self.amp_scaler  # under fp16 the scaler owns gradient overflow
+        if not self.eager:
+            bad = ~torch.isfinite(loss)
+            if check_grads and grad_norm is not None:
+                bad = bad | ~torch.isfinite(grad_norm)
+            self._bad |= bad
+            return True
+        if check_grads and grad_norm is None:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else None
+        finite = math.isfinite(float(loss)) and (
+            not check_grads or grad_norm is None or math.isfinite(float(grad_norm))
+        )
+        if finite:
+            return True
+        if self.policy == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            self.last_skipped = True
+            return False
+        report = {"loss": float(loss), "grad_norm": None if grad_norm is None else float(grad_norm)}
+        report.update(locate())
+        if self.policy == "skip":
+            report["skipped_steps"] = self.skipped
+            raise NonFinite(
+                f"more than trainer.max_skipped_steps={self.max_skips} steps had a non-finite loss or gradient",
+                report,
+            )
+        raise NonFinite(f"the {report['first_nonfinite']} became non-finite", report)
+
+    def after_update(self, scaler: torch.amp.GradScaler) -> None:
+        """Count fp16 steps the GradScaler skipped (it lowers its scale exactly then); no host sync."""
+        scale = getattr(scaler, "_scale", None)
+        if not scaler.is_enabled() or scale is None:
+            return
+        if self._prev_scale is not None:
+            self.amp_skips += (scale < self._prev_scale).to(torch.int64)
+        self._prev_scale = scale.clone()
+
+    def raise_if_failed(self) -> None:
+        """Lazy (GPU) mode: read the device-side flag; call where the host syncs anyway."""
+        if not self.eager and self.policy != "ignore" and bool(self._bad):
+            raise NonFinite(
+                "the loss or gradient norm became non-finite (detected at a log step or checkpoint; "
+                "on a GPU bptrain checks without a per-step sync)",
+                {"first_nonfinite": "loss or gradient (lazy GPU check: layer not located)"},
+            )
+
+    def check_epoch_loss(self, value: float) -> None:
+        if self.policy != "ignore" and not math.isfinite(value):
+            raise NonFinite(
+                f"the epoch's mean training loss is {value}",
+                {"first_nonfinite": "epoch train/loss"},
+            )
+
+
+def locate_nonfinite(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor]
+) -> dict[str, Any]:
+    """Where did the values first go non-finite? Re-runs one forward pass with hooks (weights untouched)."""
+    x, y = batch
+    bad_grads = [
+        name
+        for name, p in model.named_parameters()
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    ]
+    bad_params = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    first_layer: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            if (
+                not first_layer
+                and isinstance(output, torch.Tensor)
+                and not bool(torch.isfinite(output).all())
+            ):
+                first_layer.append(f"{name} ({type(module).__name__})")
+
+        return record
+
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if name and not list(module.children())
+    ]
+    try:
+        with torch.no_grad():
+            loss = loss_fn(model(x), y)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not bool(torch.isfinite(x).all()):
+        where = "input batch (the data contains NaN/inf)"
+    elif first_layer:
+        where = f"output of layer {first_layer[0]}"
+    elif not bool(torch.isfinite(loss).all()):
+        where = "loss (the model's outputs are finite: check the targets and the loss)"
+    elif bad_grads:
+        where = f"gradient of {bad_grads[-1]} (backward reaches the last layers first)"
+    else:
+        where = "loss"
+    return {
+        "first_nonfinite": where,
+        "nonfinite_gradients": bad_grads,
+        "nonfinite_parameters": bad_params,
+    }

@@ -1,0 +1,132 @@
+"""Cheap per-layer gradient statistics for the training loop's log steps.
+
+This module owns ``GradFlowMonitor``: the training loop asks it, every
+``log_every_n_steps`` steps, for per-layer gradient norms, non-finite gradient
+counts and update-to-weight ratios. Everything stays on the device as 0-dim
+tensors built from a handful of multi-tensor (``torch._foreach_*``) kernels, so
+a log step adds no host synchronisation; ``to_floats`` then moves a whole dict
+to the host in one transfer when the loop is ready to write it.
+
+A "layer" is a module that owns parameters directly (``recurse=False``), named
+by its module path (``net.0``). Frozen parameters (``requires_grad=False``) are
+not monitored: they never receive gradients by design.
+
+Missing gradients are never hidden: a monitored parameter whose ``.grad`` is
+``None`` (unused in the forward pass, or detached) is counted under
+``missing_grads/layer/<path>``, and a layer none of whose parameters has a
+gradient reports a ``nan`` norm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+GRAD_NORM = "grad_norm/layer/"
+NONFINITE = "nonfinite_grads/layer/"
+MISSING = "missing_grads/layer/"
+UPDATE_RATIO = "update_ratio/layer/"
+
+
+class GradFlowMonitor:
+    """Per-layer gradient flow of one model, computed without host syncs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers: list[str] = []
+        self.params: list[nn.Parameter] = []
+        self.layer_of: list[int] = []
+        for path, module in model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            self.layers.append(path or "(root)")
+            self.params.extend(own)
+            self.layer_of.extend([len(self.layers) - 1] * len(own))
+        self._index_cache: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
+        self._before: list[Tensor] | None = None
+
+    def _layer_index(self, device: torch.device, layer_ids: tuple[int, ...]) -> Tensor:
+        """Cached so a log step never copies an index from host to device (a hidden sync)."""
+        key = (device, layer_ids)
+        if key not in self._index_cache:
+            self._index_cache[key] = torch.tensor(layer_ids, device=device, dtype=torch.long)
+        return self._index_cache[key]
+
+    def _per_layer_norm(self, norms: list[Tensor], layer_ids: tuple[int, ...]) -> Tensor:
+        """Combine parameter norms into layer norms: ‖layer‖ = sqrt(Σ ‖p‖²), one segment sum."""
+        stacked = torch.stack(norms).float()
+        index = self._layer_index(stacked.device, layer_ids)
+        squares = torch.zeros(len(self.layers), device=stacked.device).index_add_(
+            0, index, stacked.square()
+        )
+        return squares.sqrt()
+
+    def grad_stats(self) -> dict[str, Tensor]:
+        """Per-layer ‖∇W‖ and non-finite gradient element counts, as 0-dim device tensors."""
+        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        stats: dict[str, Tensor] = {}
+        missing = [0] * len(self.layers)
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                missing[self.layer_of[i]] += 1
+        if not present:
+            nan = torch.tensor(float("nan"))
+            for layer, path in enumerate(self.layers):
+                stats[GRAD_NORM + path] = nan
+                stats[MISSING + path] = torch.tensor(float(missing[layer]))
+            return stats
+        grads = [self.params[i].grad for i in present]
+        layer_ids = tuple(self.layer_of[i] for i in present)
+        norms = self._per_layer_norm(list(torch._foreach_norm(grads)), layer_ids)
+        # g - g is 0 where g is finite and NaN where it is not; the L0 "norm" counts the NaNs.
+        nonfinite = self._per_layer_count(
+            list(torch._foreach_norm(torch._foreach_sub(grads, grads), 0)), layer_ids
+        )
+        has_grad = {self.layer_of[i] for i in present}
+        for layer, path in enumerate(self.layers):
+            if layer in has_grad:
+                stats[GRAD_NORM + path] = norms[layer]
+                stats[NONFINITE + path] = nonfinite[layer]
+            else:
+                stats[GRAD_NORM + path] = torch.full((), float("nan"), device=norms.device)
+            if missing[layer]:
+                stats[MISSING + path] = torch.full((), float(missing[layer]), device=norms.device)
+        return stats
+
+    def _per_layer_count(self, counts: list[Tensor], layer_ids: tuple[int, ...]) -> Tensor:
+        stacked = torch.stack(counts).float()
+        index = self._layer_index(stacked.device, layer_ids)
+        return torch.zeros(len(self.layers), device=stacked.device).index_add_(0, index, stacked)
+
+    def snapshot_weights(self) -> None:
+        """Copy the weights before ``optimizer.step()`` so ``update_ratios`` can measure ΔW."""
+        with torch.no_grad():
+            self._before = [p.detach().clone() for p in self.params]
+
+    def update_ratios(self) -> dict[str, Tensor]:
+        """‖ΔW‖/‖W‖ per layer for the step since ``snapshot_weights`` (healthy: around 1e-3)."""
+        if self._before is None:
+            raise RuntimeError("call snapshot_weights() before optimizer.step(), then update_ratios()")
+        with torch.no_grad():
+            current = [p.detach() for p in self.params]
+            deltas = torch._foreach_sub(current, self._before)
+            ids = tuple(self.layer_of)
+            delta_norm = self._per_layer_norm(list(torch._foreach_norm(deltas)), ids)
+            weight_norm = self._per_layer_norm(list(torch._foreach_norm(self._before)), ids)
+            ratios = delta_norm / weight_norm
+        self._before = None
+        return {UPDATE_RATIO + path: ratios[i] for i, path in enumerate(self.layers)}
+
+
+def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
+    """Bring a dict of 0-dim tensors to the host in one transfer (one sync instead of one per key)."""
+    if not stats:
+        return {}
+    by_device: dict[torch.device, list[str]] = {}
+    for key, value in stats.items():
+        by_device.setdefault(value.device, []).append(key)
+    floats: dict[str, float] = {}
+    for keys in by_device.values():
+        values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist()
+        floats.update(zip(keys, values, strict=True))
+    return {key: floats[key] for key in stats}
