@@ -11,6 +11,7 @@ checkpoint (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -103,23 +104,147 @@ def fit(
             help="Continue a run: 'auto' (newest run of this config, or start fresh), a run directory, or a last.pt path."
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train with DDP in N processes on this machine (torch's elastic launcher, as torchrun --standalone). "
+            "batch_size is per process. See docs/cluster.md.",
+        ),
+    ] = None,
 ) -> None:
     """Train a model as CONFIG describes; writes a run directory with metrics, TensorBoard events and checkpoints."""
     from rich.console import Console
 
     from bptrain.config import load_config
 
+    if nproc is not None:
+        _guarded(lambda: load_config(config, overrides or []))  # a bad config fails once, here
+        from bptrain.distributed import launch, launched_world_size
+
+        if launched_world_size() is not None:
+            _stderr_console().print(
+                "[bold red]error:[/bold red] --nproc starts its own processes; this one was already "
+                "started by a launcher (torchrun/srun). Drop --nproc."
+            )
+            raise typer.Exit(EXIT_USAGE)
+        args = ["fit", str(config), *(overrides or []), *(["--resume", resume] if resume else [])]
+        code = launch(nproc, args)
+        if code:
+            raise typer.Exit(code)
+        return
+
     def run() -> None:
         cfg = load_config(config, overrides or [])
+        from bptrain.distributed import teardown
         from bptrain.train import Interrupted
         from bptrain.train import fit as run_fit
 
+        stopped: Interrupted | None = None
+        agreed = False  # finished or stopped together: every rank gets here
         try:
             run_fit(cfg, Console(), resume=resume)
+            agreed = True
         except Interrupted as stop:
-            command = " ".join(["bptrain fit", str(config), *(overrides or [])])
-            _stderr_console().print(_escape(stop.hint(command)), soft_wrap=True)
-            raise typer.Exit(stop.exit_code) from None
+            stopped, agreed = stop, True
+            # keep no loop frames (and with them DDP) alive past teardown
+            stopped.__traceback__ = stopped.__context__ = None
+        finally:
+            teardown(wait_for_all_ranks=agreed)
+        if stopped is not None:
+            if os.environ.get("RANK", "0") == "0":  # under DDP, one message is enough
+                command = " ".join(["bptrain fit", str(config), *(overrides or [])])
+                launched = " (launched the same way)" if "WORLD_SIZE" in os.environ else ""
+                _stderr_console().print(_escape(stopped.hint(command) + launched), soft_wrap=True)
+            raise typer.Exit(stopped.exit_code)
+
+    _guarded(run)
+
+
+@app.command()
+def submit(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes to run on.")] = 1,
+    gpus_per_node: Annotated[
+        int, typer.Option(min=0, help="GPUs per node; one bptrain process (DDP rank) per GPU.")
+    ] = 0,
+    ntasks_per_node: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes per node without GPUs (default 1; CPU DDP over gloo)."),
+    ] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(min=1, help="CPU cores per process.")] = None,
+    time: Annotated[
+        str | None, typer.Option(help="Time limit per allocation, e.g. 4:00:00.")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    account: Annotated[str | None, typer.Option(help="SLURM account.")] = None,
+    job_name: Annotated[
+        str | None, typer.Option(help="Job name (default: the run name, logging.name).")
+    ] = None,
+    warn_seconds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Send SIGUSR1 this long before the time limit: save, exit 138, requeue, resume.",
+        ),
+    ] = 120,
+    requeue_on_sigterm: Annotated[
+        bool,
+        typer.Option(
+            help="Also requeue after SIGTERM (exit 143: preemption without PreemptMode=REQUEUE; also scancel)."
+        ),
+    ] = False,
+    python: Annotated[
+        str | None,
+        typer.Option(help="Python the job runs bptrain with (default: this one)."),
+    ] = None,
+    output: Annotated[str, typer.Option(help="The job's log file (sbatch --output).")] = (
+        "slurm-%x-%j.out"
+    ),
+    sbatch_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra #SBATCH line (repeatable), e.g. --sbatch-arg=--mem=32G."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the batch script instead of submitting it.")
+    ] = False,
+) -> None:
+    """Submit CONFIG as a SLURM batch job (DDP over srun) that checkpoints, requeues and resumes itself."""
+
+    def run() -> None:
+        from bptrain.config import load_config
+        from bptrain.slurm import JobSpec, render
+        from bptrain.slurm import submit as sbatch
+
+        cfg = load_config(config, overrides or [])
+        spec = JobSpec(
+            config=config.resolve(),
+            overrides=overrides or [],
+            job_name=job_name or cfg.logging.name or "bptrain",
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            ntasks_per_node=ntasks_per_node,
+            cpus_per_task=cpus_per_task,
+            time=time,
+            partition=partition,
+            account=account,
+            warn_seconds=warn_seconds,
+            requeue_on_sigterm=requeue_on_sigterm,
+            python=python or sys.executable,
+            workdir=Path.cwd(),
+            output=output,
+            sbatch_args=sbatch_arg or [],
+        )
+        script = render(spec)
+        if dry_run:
+            sys.stdout.write(script)
+            return
+        job_id = sbatch(script)
+        typer.echo(
+            f"submitted job {job_id}: runs under {cfg.logging.run_dir}/{spec.job_name}-job{job_id}/; "
+            f"log {output.replace('%x', spec.job_name).replace('%j', job_id)}"
+        )
 
     _guarded(run)
 

@@ -736,6 +736,8 @@ class TrainerConfig(Section):
     """Use deterministic algorithms (slower on GPU; CPU runs are reproducible anyway)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    strategy: Literal["auto", "ddp"] = "auto"
+    """Multi-process training. auto: DistributedDataParallel when started by torchrun, `bptrain fit --nproc N` or srun with more than one process, else one process. ddp: also for a one-process launch, and refuse to run unlaunched. See docs/cluster.md."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoint files and cadence."""
     early_stopping: EarlyStoppingConfig | None = None

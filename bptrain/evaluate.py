@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bptrain import distributed
 from bptrain.data import Batches
 from bptrain.losses import Objective
 from bptrain.runtime import Precision
@@ -14,7 +15,13 @@ from bptrain.runtime import Precision
 def evaluate(
     model: nn.Module, batches: Batches, objective: Objective, precision: Precision, prefix: str
 ) -> dict[str, float]:
-    """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end."""
+    """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end.
+
+    Under DDP every rank must call it: each evaluates its disjoint shard, and the sums of
+    loss x samples, correct, samples and targets are all-reduced, so the metrics are exactly those
+    of one process evaluating the whole split (up to float rounding of the loss).
+    """
+    distributed.sync_buffers(model)
     was_training = model.training
     model.eval()
     device = precision.device
@@ -33,8 +40,12 @@ def evaluate(
         samples += len(x)
         targets += y.numel() if objective.task == "classification" else len(x)
     model.train(was_training)
-    totals = torch.stack([loss_sum, correct.double()]).tolist()
-    metrics = {f"{prefix}/loss": totals[0] / max(samples, 1)}
+    counts = torch.tensor([samples, targets], device=device, dtype=torch.float64)
+    totals = distributed.all_reduce_sum(
+        torch.cat([torch.stack([loss_sum, correct.double()]), counts])
+    )
+    loss_total, correct_total, samples, targets = totals.tolist()
+    metrics = {f"{prefix}/loss": loss_total / max(samples, 1)}
     if objective.task == "classification":
-        metrics[f"{prefix}/acc"] = totals[1] / max(targets, 1)
+        metrics[f"{prefix}/acc"] = correct_total / max(targets, 1)
     return metrics

@@ -35,6 +35,7 @@ from rich.console import Console
 from torch import nn
 
 import bptrain
+from bptrain import distributed
 from bptrain.checkpoint import (
     CheckpointTracker,
     load_checkpoint,
@@ -61,7 +62,7 @@ from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
 from bptrain.runlog import RunLog, create_run_dir, write_json
-from bptrain.runtime import Precision, resolve_device, rng_state, seed_everything, set_rng_state
+from bptrain.runtime import Precision, rng_state, seed_everything, set_rng_state
 from bptrain.summary import print_run_header, print_summary
 from bptrain.transfer import describe_init, freeze, init_from
 
@@ -84,10 +85,19 @@ class Progress:
 def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
     """Train as the config says; return the summary (also written to summary.json)."""
     # ------------------------------------------------------------------ setup
-    device = resolve_device(cfg.trainer.device)
-    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    # one rank of a DDP job when a launcher (torchrun, --nproc, srun) started us, else one process
+    dist = distributed.setup(cfg.trainer.device, cfg.trainer.strategy)
+    device = dist.device
+    if not dist.is_main:  # rank 0 prints and writes; the others train silently
+        console = Console(quiet=True)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
     data = build_data(
-        cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model)
+        cfg.data,
+        seed=cfg.seed,
+        device=device,
+        integer_inputs=takes_token_ids(cfg.model),
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
@@ -107,9 +117,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     horizon = saved["progress"]["schedule_steps"] if saved else total_steps
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, horizon)
     precision = Precision.create(cfg.trainer.precision, device)
+    forward = distributed.wrap(model, dist)  # DDP when distributed
     forward = (
-        torch.compile(model) if cfg.trainer.compile else model
-    )  # checkpoints save `model`, never the compiled wrapper
+        torch.compile(forward) if cfg.trainer.compile else forward
+    )  # checkpoints save `model`, never the DDP or compiled wrapper
     _check_monitors(cfg, data)
 
     state, best_weights = Progress(schedule_steps=total_steps), None
@@ -118,10 +129,14 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
             saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
         )
     run_dir = _run_dir_of(checkpoint_path)
-    if run_dir is not None:
+    if run_dir is not None and dist.is_main:
         rewind_run_dir(run_dir, state.metrics_bytes)
-    else:
-        run_dir = _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+    elif run_dir is None:  # rank 0 names it, every rank writes into (rank 0) or reads from it
+        run_dir = distributed.broadcast(
+            _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+            if dist.is_main
+            else None
+        )
     ckpt, es_cfg = cfg.trainer.checkpoint, cfg.trainer.early_stopping
     tracker = CheckpointTracker(
         run_dir / "checkpoints", ckpt.monitor, ckpt.mode, ckpt.save_top_k, ckpt.save_best
@@ -137,11 +152,17 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     ):
         if saved is not None and owner is not None and saved.get(part) is not None:
             owner.load_state_dict(saved[part])
-    _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
-    log = _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
+    if dist.is_main:
+        _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
+    log = (
+        _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
+        if dist.is_main
+        else distributed.NullLog()
+    )
     print_run_header(
         console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
     )
+    console.print(dist.describe(cfg.data.batch_size, accumulate))
 
     stop = StopFlag()
 
@@ -154,7 +175,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         )  # fmt: skip
 
     def save_last() -> None:
-        if ckpt.save_last:
+        if ckpt.save_last and dist.is_main:
             with stop.saving():
                 save_checkpoint(checkpoint_state(), run_dir / "checkpoints" / "last.pt")
 
@@ -163,8 +184,11 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         save_safetensors(model.state_dict(), path, {**meta, "bptrain": bptrain.__version__})
 
     # ------------------------------------------------------------------ train
-    progress = ConsoleProgress(console, cfg.logging.progress, total_steps)
+    progress = ConsoleProgress(
+        console, cfg.logging.progress if dist.is_main else "off", total_steps
+    )
     status, stop_reason, started = "completed", None, time.perf_counter()
+    stopping: int | None = None  # the stop signal, once every rank agreed on it
     epoch_metrics: dict[str, float] = {}
     try:
         with stop.installed():
@@ -200,6 +224,8 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         scheduler.step()  # type: ignore[union-attr]
 
                     if log_now:
+                        # train/loss averaged over ranks; grad_norm is of the synced gradients
+                        window_loss = distributed.mean_over_ranks(window_loss)
                         step_metrics = _step_metrics(
                             state, window_loss, grad_norm, optimizer, precision, guard
                         )
@@ -207,7 +233,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
                         progress.step(state.step, state.epoch + 1)
-                    if stop.signum is not None or state.step >= total_steps:
+                    # every rank stops after the same step, even if only some got the signal
+                    stopping = distributed.agree_on_signal(stop.signum)
+                    if stopping is not None or state.step >= total_steps:
                         break
                     if (
                         ckpt.every_n_steps
@@ -217,17 +245,17 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         state.epoch_loss_sum = float(epoch_loss)
                         save_last()
                 state.epoch_loss_sum = float(epoch_loss)
-                if stop.signum is not None:  # save where we are: resume continues from here
+                if stopping is not None:  # save where we are: resume continues from here
                     save_last()
-                    name = signal.Signals(stop.signum).name
+                    name = signal.Signals(stopping).name
                     log.log("event", state.step, {"event": "interrupted", "signal": name})
-                    raise Interrupted(stop.signum, run_dir, saved=ckpt.save_last, step=state.step)
+                    raise Interrupted(stopping, run_dir, saved=ckpt.save_last, step=state.step)
 
                 # -------------------------------------------------- end of epoch
-                epoch_metrics = {
-                    "epoch": state.epoch + 1,
-                    "train/loss": state.epoch_loss_sum / max(state.epoch_samples, 1),
-                }
+                loss_sum, samples = distributed.sum_over_ranks(
+                    state.epoch_loss_sum, state.epoch_samples
+                )
+                epoch_metrics = {"epoch": state.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
                 guard.check_epoch_loss(epoch_metrics["train/loss"])
                 state.epoch += 1
                 state.batch_in_epoch, state.epoch_loss_sum, state.epoch_samples = 0, 0.0, 0
@@ -249,7 +277,8 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                     )
                 log.log("epoch", state.step, epoch_metrics)
                 progress.epoch_end(state.epoch, state.step, epoch_metrics)
-                tracker.update(epoch_metrics, state.epoch, state.step, checkpoint_state, export)
+                if dist.is_main:
+                    tracker.update(epoch_metrics, state.epoch, state.step, checkpoint_state, export)
                 stopping = stopper is not None and stopper.should_stop
                 if state.epoch % ckpt.every_n_epochs == 0 or last_epoch or stopping:
                     save_last()
@@ -281,7 +310,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     if best_weights is not None:  # early_stopping.restore_best_weights, however the run ended
         model.load_state_dict(best_weights)
         console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
-    export(run_dir / "checkpoints" / "last.safetensors")  # the final model: what test/* measures
+    if dist.is_main:
+        export(
+            run_dir / "checkpoints" / "last.safetensors"
+        )  # the final model: what test/* measures
     test_metrics = (
         evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
     )
@@ -308,10 +340,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         },
         "nonfinite": {"skipped_steps": guard.skipped, "amp_skipped_steps": int(guard.amp_skips)},
         "device": str(device),
+        "distributed": dist.summary(cfg.data.batch_size, accumulate),
         "precision": cfg.trainer.precision,
         "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
     }
-    write_json(run_dir / "summary.json", summary)
+    if dist.is_main:
+        write_json(run_dir / "summary.json", summary)
     log.close()
     print_summary(console, summary)
     return summary
@@ -340,14 +374,14 @@ def train_step(
 
     def forward_backward() -> torch.Tensor:
         total: torch.Tensor | None = None
-        for x, y in window:
-            with precision.autocast():
-                loss = objective.loss(model(x), y)
-                if (
-                    len(x) != window_samples
-                ):  # weight only when accumulating: x * 1.0 is x, minus an op
-                    loss = loss * (len(x) / window_samples)
-            scaler.scale(loss).backward()
+        for i, (x, y) in enumerate(window):
+            # DDP: only the window's last backward all-reduces the accumulated gradients
+            with distributed.no_sync(model, skip=i < len(window) - 1):
+                with precision.autocast():
+                    loss = objective.loss(model(x), y)
+                    if len(x) != window_samples:  # weight only when accumulating: x * 1.0 is x
+                        loss = loss * (len(x) / window_samples)
+                scaler.scale(loss).backward()
             part = loss.detach().float()
             total = part if total is None else total + part
         return total  # type: ignore[return-value]
@@ -359,7 +393,7 @@ def train_step(
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = forward_backward()
+            loss = distributed.mean_over_ranks(forward_backward())  # the line search sees one loss
             norms.append(clip_and_measure(model, cfg, measure_grad_norm))
             return loss
 
@@ -505,7 +539,7 @@ def _writable(create: Any) -> Any:
 
 
 def _nan_failure(
-    err: NonFinite, run_dir: Path, state: Progress, cfg: Config, log: RunLog
+    err: NonFinite, run_dir: Path, state: Progress, cfg: Config, log: RunLog | distributed.NullLog
 ) -> TrainingError:
     """Write nan_report.json and turn the failure into a TrainingError (exit 1) that says where to look."""
     last = run_dir / "checkpoints" / "last.pt"
@@ -517,7 +551,8 @@ def _nan_failure(
         **err.report,
         "last_good_checkpoint": str(last) if last.exists() else None,
     }
-    write_json(run_dir / "nan_report.json", report)
+    if not isinstance(log, distributed.NullLog):  # under DDP rank 0 writes it
+        write_json(run_dir / "nan_report.json", report)
     log.log(
         "event",
         state.step,
@@ -583,7 +618,7 @@ def _checkpoint_state(
 
 def _load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None, Path | None]:
     """The checkpoint to continue from (None: start fresh), read with weights_only=True."""
-    path = _resume_path(cfg, resume)
+    path = distributed.broadcast(_resume_path(cfg, resume))  # under DDP rank 0 decides
     if path is None:
         return None, None
     saved = {} if path.suffix == ".safetensors" else load_checkpoint(path)
