@@ -1,8 +1,8 @@
 """The small CNN the compute-bound benchmark trains, shared by bptrain and the hand-written loop.
 
 bptrain reaches it through ``model.class_path: bench_models.SmallCNN`` (the benchmark puts
-``scripts/`` on PYTHONPATH). Once bptrain has a built-in ``cnn`` model the benchmark can switch
-to it; a class_path module keeps both sides on exactly the same network in the meantime.
+``scripts/`` on PYTHONPATH). It predates bptrain's built-in ``cnn`` model and stays because a
+class_path module keeps both sides on exactly the same network.
 """
 
 from __future__ import annotations
