@@ -106,7 +106,9 @@ class GradFlowMonitor:
     def update_ratios(self) -> dict[str, Tensor]:
         """‖ΔW‖/‖W‖ per layer for the step since ``snapshot_weights`` (healthy: around 1e-3)."""
         if self._before is None:
-            raise RuntimeError("call snapshot_weights() before optimizer.step(), then update_ratios()")
+            raise RuntimeError(
+                "call snapshot_weights() before optimizer.step(), then update_ratios()"
+            )
         with torch.no_grad():
             current = [p.detach() for p in self.params]
             deltas = torch._foreach_sub(current, self._before)
@@ -130,3 +132,27 @@ def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
         values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist()
         floats.update(zip(keys, values, strict=True))
     return {key: floats[key] for key in stats}
+
+
+class LogStepRecorder:
+    """What ``fit`` records about the gradients of one log step, for TensorBoard.
+
+    ``before_update`` runs after AMP unscaling and before clipping (so the per-layer norms are the
+    true ones the user wants to read), ``after_update`` after ``optimizer.step()``; ``take``
+    returns everything as floats in one host transfer.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.monitor = GradFlowMonitor(model)
+        self.stats: dict[str, Tensor] = {}
+
+    def before_update(self) -> None:
+        self.stats = self.monitor.grad_stats()
+        self.monitor.snapshot_weights()
+
+    def after_update(self) -> None:
+        self.stats.update(self.monitor.update_ratios())
+
+    def take(self) -> dict[str, float]:
+        floats, self.stats = to_floats(self.stats), {}
+        return floats

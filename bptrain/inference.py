@@ -18,7 +18,9 @@ __all__ = ["evaluate_checkpoint", "load_into", "load_weights"]
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, deterministic=False)
-    setup = build_setup(cfg, device, transfer=False)  # the checkpoint's weights replace any init_from
+    setup = build_setup(
+        cfg, device, transfer=False
+    )  # the checkpoint's weights replace any init_from
     data, objective, model = setup.data, setup.objective, setup.model
     load_into(model, load_weights(checkpoint), checkpoint)
     batches = data.val if split == "val" else data.test

@@ -28,7 +28,9 @@ class Setup:
 
 def build_setup(cfg: Config, device: torch.device, transfer: bool = True) -> Setup:
     """Data, objective and model on `device`; `transfer` applies model.init_from and model.freeze."""
-    data = build_data(cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model))
+    data = build_data(
+        cfg.data, seed=cfg.seed, device=device, integer_inputs=takes_token_ids(cfg.model)
+    )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
     if transfer:

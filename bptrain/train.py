@@ -57,6 +57,7 @@ from bptrain.faults import (
     locate_nonfinite,
     total_norm,
 )
+from bptrain.grads import LogStepRecorder
 from bptrain.losses import Objective, build_objective
 from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
@@ -165,6 +166,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     console.print(dist.describe(cfg.data.batch_size, accumulate))
 
     stop = StopFlag()
+    # per-layer gradient norms and update ratios at log steps, for TensorBoard only
+    layer_recorder = (
+        LogStepRecorder(model)
+        if cfg.logging.grad_norms and cfg.logging.tensorboard and dist.is_main
+        else None
+    )
 
     def checkpoint_state() -> dict[str, Any]:
         guard.raise_if_failed()  # never save a model a lazily-detected NaN has poisoned
@@ -211,6 +218,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         cfg,
                         measure_grad_norm=log_now,
                         guard=guard,
+                        layers=layer_recorder,
                     )
                     # a step skipped by nan_policy skip adds nothing to train/loss
                     if not guard.last_skipped:
@@ -229,7 +237,13 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         step_metrics = _step_metrics(
                             state, window_loss, grad_norm, optimizer, precision, guard
                         )
-                        log.log("step", state.step, step_metrics)
+                        layer_stats = layer_recorder.take() if layer_recorder is not None else {}
+                        clip = cfg.trainer.grad_clip
+                        if clip is not None and clip.max_norm is not None:  # what clipping left
+                            layer_stats["grad_norm_clipped"] = min(
+                                step_metrics["grad_norm"], clip.max_norm
+                            )
+                        log.log("step", state.step, step_metrics, tb_only=layer_stats)
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
                         progress.step(state.step, state.epoch + 1)
@@ -360,13 +374,16 @@ def train_step(
     cfg: Config,
     measure_grad_norm: bool = False,
     guard: NonFiniteGuard | None = None,
+    layers: LogStepRecorder | None = None,
 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """One optimizer step over an accumulation window.
 
     Returns (mean loss over the window's samples, number of samples, total gradient norm). The norm is the
     true one, unscaled and before clipping; it is computed only when clipping by norm needs it anyway or when
-    `measure_grad_norm` asks (at log steps), since it costs a pass over all gradients.
+    `measure_grad_norm` asks (at log steps), since it costs a pass over all gradients. At those
+    steps `layers` (if given) also records per-layer gradient norms and update-to-weight ratios.
     """
+    layers = layers if measure_grad_norm else None
     device = precision.device
     window = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in window]
     window_samples = sum(len(x) for x, _ in window)
@@ -405,6 +422,8 @@ def train_step(
     scaler.unscale_(
         optimizer
     )  # true gradients from here on: the norm and the clipping see real values
+    if layers is not None:
+        layers.before_update()
     grad_norm = clip_and_measure(model, cfg, measure_grad_norm)
     if guard is not None and not guard.step_ok(
         loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], objective.loss)
@@ -414,6 +433,8 @@ def train_step(
         return loss, window_samples, grad_norm
     scaler.step(optimizer)
     scaler.update()
+    if layers is not None:
+        layers.after_update()
     if guard is not None:
         guard.after_update(scaler)
     optimizer.zero_grad(set_to_none=True)

@@ -88,7 +88,9 @@ def owned_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     return groups
 
 
-def run_batches(work: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> tuple[Recorder, list[float]]:
+def run_batches(
+    work: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]
+) -> tuple[Recorder, list[float]]:
     """Forward + backward every batch (gradients accumulate), with the recorder's hooks on."""
     recorder = Recorder(work)
     losses: list[float] = []
@@ -127,7 +129,9 @@ def audit(name: str, param: nn.Parameter, in_optimizer: set[int] | None) -> Para
 def norm_of(tensors: list[Tensor]) -> float:
     if not tensors:
         return float("nan")
-    return float(torch.linalg.vector_norm(torch.stack([t.detach().double().norm() for t in tensors])))
+    return float(
+        torch.linalg.vector_norm(torch.stack([t.detach().double().norm() for t in tensors]))
+    )
 
 
 def following(recorder: Recorder, producer: str) -> str | None:
@@ -138,10 +142,13 @@ def following(recorder: Recorder, producer: str) -> str | None:
     return None
 
 
-def build_layers(work: nn.Module, recorder: Recorder, n_batches: int,
-                 in_optimizer: set[int] | None) -> list[LayerReport]:
+def build_layers(
+    work: nn.Module, recorder: Recorder, n_batches: int, in_optimizer: set[int] | None
+) -> list[LayerReport]:
     groups = owned_parameters(work)
-    order = [p for p in recorder.order if p in groups] + [p for p in groups if p not in recorder.order]
+    order = [p for p in recorder.order if p in groups] + [
+        p for p in groups if p not in recorder.order
+    ]
     layers: list[LayerReport] = []
     for index, path in enumerate(order):
         module = recorder.modules.get(path) or work.get_submodule("" if path == "(root)" else path)
@@ -151,18 +158,23 @@ def build_layers(work: nn.Module, recorder: Recorder, n_batches: int,
         weight_norm = norm_of([p for _, p in params])
         moments = recorder.output_moments.get(path)
         scale = sigma_w2(module)
-        layers.append(LayerReport(
-            name=path, kind=type(module).__name__, index=index,
-            grad_norm=grad_norm, weight_norm=weight_norm,
-            grad_to_weight=grad_norm / weight_norm if weight_norm > 0 else float("nan"),
-            signal_norm=recorder.signal_norm(path, n_batches),
-            signal_factor=None,
-            output_mean=moments.mean() if moments else None,
-            output_std=moments.std() if moments else None,
-            sigma_w2=scale,
-            init_guess=guess_init(module, scale) if scale is not None else None,
-            params=[audit(name, p, in_optimizer) for name, p in params],
-        ))
+        layers.append(
+            LayerReport(
+                name=path,
+                kind=type(module).__name__,
+                index=index,
+                grad_norm=grad_norm,
+                weight_norm=weight_norm,
+                grad_to_weight=grad_norm / weight_norm if weight_norm > 0 else float("nan"),
+                signal_norm=recorder.signal_norm(path, n_batches),
+                signal_factor=None,
+                output_mean=moments.mean() if moments else None,
+                output_std=moments.std() if moments else None,
+                sigma_w2=scale,
+                init_guess=guess_init(module, scale) if scale is not None else None,
+                params=[audit(name, p, in_optimizer) for name, p in params],
+            )
+        )
     add_factors_and_theory(layers, recorder)
     return layers
 
@@ -201,7 +213,9 @@ def add_factors_and_theory(layers: list[LayerReport], recorder: Recorder) -> Non
         feeder, multiplier = pass_through(recorder, act_path)
         nxt = layers[position + 1] if position + 1 < len(layers) else None
         if nxt is None or recorder.producer.get(nxt.name) != feeder or nxt.sigma_w2 is None:
-            layer.theory_note = "the next layer is not a Linear/Conv fed directly by this activation"
+            layer.theory_note = (
+                "the next layer is not a Linear/Conv fed directly by this activation"
+            )
             continue
         if not isinstance(recorder.modules.get(nxt.name), THEORY_LAYERS) or health is None:
             continue
@@ -213,32 +227,53 @@ def add_factors_and_theory(layers: list[LayerReport], recorder: Recorder) -> Non
 
 
 def depth_trend(layers: list[LayerReport]) -> DepthTrend:
-    points = [(x.index, math.log(x.signal_norm)) for x in layers
-              if x.signal_norm is not None and math.isfinite(x.signal_norm) and x.signal_norm > 0]
+    points = [
+        (x.index, math.log(x.signal_norm))
+        for x in layers
+        if x.signal_norm is not None and math.isfinite(x.signal_norm) and x.signal_norm > 0
+    ]
     factor = None
     if len(points) >= 2:
         mean_i = statistics.fmean(i for i, _ in points)
         mean_s = statistics.fmean(s for _, s in points)
-        slope = sum((i - mean_i) * (s - mean_s) for i, s in points) / sum((i - mean_i) ** 2 for i, _ in points)
+        slope = sum((i - mean_i) * (s - mean_s) for i, s in points) / sum(
+            (i - mean_i) ** 2 for i, _ in points
+        )
         factor = math.exp(-slope)
     signals = [x.signal_norm for x in layers if x.signal_norm is not None]
     first_last = None
     if len(signals) >= 2 and signals[-1] and math.isfinite(signals[-1]):
         first_last = signals[0] / signals[-1]
-    factors = [x.signal_factor for x in layers if x.signal_factor is not None and math.isfinite(x.signal_factor)]
-    return DepthTrend(factor_per_layer=factor, median_factor=statistics.median(factors) if factors else None,
-                      first_last_ratio=first_last)
+    factors = [
+        x.signal_factor
+        for x in layers
+        if x.signal_factor is not None and math.isfinite(x.signal_factor)
+    ]
+    return DepthTrend(
+        factor_per_layer=factor,
+        median_factor=statistics.median(factors) if factors else None,
+        first_last_ratio=first_last,
+    )
 
 
 def optimizer_info(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     group = optimizer.param_groups[0]
     momentum = group.get("momentum", 0.0) or 0.0
-    return {"name": type(optimizer).__name__, "lr": float(group["lr"]), "momentum": float(momentum),
-            "weight_decay": float(group.get("weight_decay", 0.0) or 0.0)}
+    return {
+        "name": type(optimizer).__name__,
+        "lr": float(group["lr"]),
+        "momentum": float(momentum),
+        "weight_decay": float(group.get("weight_decay", 0.0) or 0.0),
+    }
 
 
-def step_update_ratios(work: nn.Module, optimizer: torch.optim.Optimizer, layers: list[LayerReport],
-                       loss_fn: LossFn, batch: Batch) -> None:
+def step_update_ratios(
+    work: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    layers: list[LayerReport],
+    loss_fn: LossFn,
+    batch: Batch,
+) -> None:
     """One real step on the (copied) model with the averaged gradient: Adam, momentum and decay all count."""
     groups = owned_parameters(work)
     before = {path: [p.detach().clone() for _, p in params] for path, params in groups.items()}
@@ -262,9 +297,14 @@ def step_update_ratios(work: nn.Module, optimizer: torch.optim.Optimizer, layers
         layer.update_ratio = delta / base if base > 0 else None
 
 
-def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch], *,
-                      make_optimizer: MakeOptimizer | None = None,
-                      options: InspectOptions | None = None) -> Report:
+def inspect_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Batch],
+    *,
+    make_optimizer: MakeOptimizer | None = None,
+    options: InspectOptions | None = None,
+) -> Report:
     """Analyse backpropagation through ``model`` on ``batches`` without changing ``model``."""
     options = options or InspectOptions()
     batches = list(batches)
@@ -274,8 +314,11 @@ def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch
     for p in work.parameters():
         p.grad = None
     optimizer = make_optimizer(work) if make_optimizer is not None else None
-    in_optimizer = ({id(p) for g in optimizer.param_groups for p in g["params"]}
-                    if optimizer is not None else None)
+    in_optimizer = (
+        {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if optimizer is not None
+        else None
+    )
     torch.manual_seed(options.seed)
     recorder, losses = run_batches(work, loss_fn, batches)
     for p in work.parameters():
@@ -284,14 +327,25 @@ def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch
     layers = build_layers(work, recorder, len(batches), in_optimizer)
     unique_grads = list({id(p): p.grad for p in work.parameters() if p.grad is not None}.values())
     report = Report(
-        layers=layers, global_grad_norm=norm_of(unique_grads), loss=statistics.fmean(losses),
-        batches=len(batches), batch_size=batch_size_of(batches[0][0]), depth_trend=depth_trend(layers),
-        flags=[], verdict="", options={"check_gradients": options.check_gradients,
-                                       "noise": options.noise, "curvature": options.curvature},
+        layers=layers,
+        global_grad_norm=norm_of(unique_grads),
+        loss=statistics.fmean(losses),
+        batches=len(batches),
+        batch_size=batch_size_of(batches[0][0]),
+        depth_trend=depth_trend(layers),
+        flags=[],
+        verdict="",
+        options={
+            "check_gradients": options.check_gradients,
+            "noise": options.noise,
+            "curvature": options.curvature,
+        },
     )
     if recorder.nonfinite is not None:
         nf = recorder.nonfinite
-        report.nonfinite = NonfiniteSource(module=nf.module, pass_=nf.pass_, batch=nf.batch, detail=nf.detail)  # type: ignore[arg-type]
+        report.nonfinite = NonfiniteSource(
+            module=nf.module, pass_=nf.pass_, batch=nf.batch, detail=nf.detail
+        )  # type: ignore[arg-type]
     if optimizer is not None:
         report.optimizer = optimizer_info(optimizer)
     run_options(report, model, loss_fn, batches, options)
@@ -304,24 +358,36 @@ def inspect_gradients(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch
     return report
 
 
-def run_options(report: Report, model: nn.Module, loss_fn: LossFn, batches: list[Batch],
-                options: InspectOptions) -> None:
+def run_options(
+    report: Report, model: nn.Module, loss_fn: LossFn, batches: list[Batch], options: InspectOptions
+) -> None:
     """The optional analyses, each on its own copy of the caller's model (pristine buffers, no grads)."""
     if options.check_gradients:
-        errors = gradcheck.finite_difference_errors(model, loss_fn, batches[0],
-                                                    entries_per_param=options.grad_check_entries,
-                                                    seed=options.seed)
+        errors = gradcheck.finite_difference_errors(
+            model,
+            loss_fn,
+            batches[0],
+            entries_per_param=options.grad_check_entries,
+            seed=options.seed,
+        )
         report.grad_check_error = errors
         for layer in report.layers:
             layer.grad_check_error = errors.get(layer.name)
     if options.noise:
-        report.gradient_tests = noise.gradient_tests(model, loss_fn, batches[0],
-                                                     max_samples=options.noise_max_samples)
+        report.gradient_tests = noise.gradient_tests(
+            model, loss_fn, batches[0], max_samples=options.noise_max_samples
+        )
     if options.curvature:
         lr = report.optimizer["lr"] if report.optimizer else None
         report.curvature = curvature_mod.analyse(
-            model, loss_fn, batches, iterations=options.power_iterations, tolerance=options.power_tolerance,
-            hutchinson_samples=options.hutchinson_samples, seed=options.seed, lr=lr,
+            model,
+            loss_fn,
+            batches,
+            iterations=options.power_iterations,
+            tolerance=options.power_tolerance,
+            hutchinson_samples=options.hutchinson_samples,
+            seed=options.seed,
+            lr=lr,
             optimizer=report.optimizer["name"] if report.optimizer else None,
         )
         report.hessian_max_eigenvalue = report.curvature.get("hessian_max_eigenvalue")
@@ -336,21 +402,39 @@ def collect_flags(report: Report, limits: Thresholds) -> list[Flag]:
     found: list[Flag] = []
     if report.nonfinite is not None:
         nf = report.nonfinite
-        found.append(Flag("nonfinite", "error", f"first NaN/Inf in {nf.module} ({nf.pass_} pass, batch "
-                          f"{nf.batch}): {nf.detail}", nf.module if nf.module in {x.name for x in layers} else None))
+        found.append(
+            Flag(
+                "nonfinite",
+                "error",
+                f"first NaN/Inf in {nf.module} ({nf.pass_} pass, batch {nf.batch}): {nf.detail}",
+                nf.module if nf.module in {x.name for x in layers} else None,
+            )
+        )
     for layer in layers:
         found.extend(flags_mod.layer_flags(layer, last_signal, limits))
     found.extend(flags_mod.trend_flags(report.depth_trend.first_last_ratio, limits))
     found.extend(flags_mod.update_flags(layers, limits))
     if report.curvature is not None and report.optimizer is not None:
-        found.extend(flags_mod.curvature_flags(report.optimizer["lr"], report.hessian_max_eigenvalue,
-                                               report.optimizer["name"], report.optimizer["momentum"]))
+        found.extend(
+            flags_mod.curvature_flags(
+                report.optimizer["lr"],
+                report.hessian_max_eigenvalue,
+                report.optimizer["name"],
+                report.optimizer["momentum"],
+            )
+        )
     for rnn in report.recurrent or []:
         ratio = rnn.get("first_last_ratio")
         if isinstance(ratio, float) and math.isfinite(ratio):
             for flag in flags_mod.trend_flags(ratio, limits):
-                found.append(Flag(flag.name, flag.severity, f"through time in {rnn['module']}: "
-                                  f"‖∂L/∂h_1‖ is {ratio:.2g}x ‖∂L/∂h_T‖", rnn["module"]))
+                found.append(
+                    Flag(
+                        flag.name,
+                        flag.severity,
+                        f"through time in {rnn['module']}: ‖∂L/∂h_1‖ is {ratio:.2g}x ‖∂L/∂h_T‖",
+                        rnn["module"],
+                    )
+                )
     if report.gradient_tests and report.gradient_tests.get("batch_too_small"):
         pass  # informative, not a failure: the verdict and table say it
     return found

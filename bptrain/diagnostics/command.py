@@ -49,15 +49,25 @@ def sweep_grid(sweep: list[str]) -> list[SweepPoint]:
         key, sep, values = item.partition("=")
         parts = split_values(values) if sep else []
         if not key.strip() or not parts or any(not v for v in parts):
-            raise UserError(f"--sweep '{item}': expected KEY=V1,V2,... e.g. model.activation=sigmoid,tanh,relu")
+            raise UserError(
+                f"--sweep '{item}': expected KEY=V1,V2,... e.g. model.activation=sigmoid,tanh,relu"
+            )
         axes.append([f"{key.strip()}={v}" for v in parts])
     if not axes:
         return [("", [])]
-    return [(" ".join(o.split(".")[-1] for o in combo), list(combo)) for combo in itertools.product(*axes)]
+    return [
+        (" ".join(o.split(".")[-1] for o in combo), list(combo))
+        for combo in itertools.product(*axes)
+    ]
 
 
-def inspect_config(config_path: Path, overrides: list[str], checkpoint: Path | None, batches: int,
-                   options: InspectOptions) -> tuple[Report, int]:
+def inspect_config(
+    config_path: Path,
+    overrides: list[str],
+    checkpoint: Path | None,
+    batches: int,
+    options: InspectOptions,
+) -> tuple[Report, int]:
     """Build everything as ``fit`` does and inspect; returns the report and the batches actually used."""
     import torch
 
@@ -77,7 +87,9 @@ def inspect_config(config_path: Path, overrides: list[str], checkpoint: Path | N
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise UserError(f"checkpoint {checkpoint} does not fit the model of {config_path}: {err}") from None
+            raise UserError(
+                f"checkpoint {checkpoint} does not fit the model of {config_path}: {err}"
+            ) from None
     data.train.set_epoch(0)
     taken: list[tuple[Any, Any]] = [(x, y) for x, y in itertools.islice(iter(data.train), batches)]
     if not taken:
@@ -87,7 +99,9 @@ def inspect_config(config_path: Path, overrides: list[str], checkpoint: Path | N
     def make_optimizer(m: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(cfg.optimizer, m)
 
-    report = inspect_gradients(model, objective.loss, taken, make_optimizer=make_optimizer, options=options)
+    report = inspect_gradients(
+        model, objective.loss, taken, make_optimizer=make_optimizer, options=options
+    )
     return report, len(taken)
 
 
@@ -113,13 +127,27 @@ def write_json(data: dict[str, Any], json_path: Path) -> None:
 def plot_paths(plot_path: Path, count: int) -> list[Path]:
     if count == 1:
         return [plot_path]
-    return [plot_path.with_name(f"{plot_path.stem}-{i}{plot_path.suffix or '.png'}") for i in range(count)]
+    return [
+        plot_path.with_name(f"{plot_path.stem}-{i}{plot_path.suffix or '.png'}")
+        for i in range(count)
+    ]
 
 
-def run_grad_inspect(config_path: Path, overrides: list[str], *, checkpoint: Path | None, batches: int,
-                     json_path: Path | None, plot_path: Path | None, fail_on: str | None,
-                     check_gradients: bool, sweep: list[str], noise: bool, curvature: bool,
-                     console: Console) -> int:
+def run_grad_inspect(
+    config_path: Path,
+    overrides: list[str],
+    *,
+    checkpoint: Path | None,
+    batches: int,
+    json_path: Path | None,
+    plot_path: Path | None,
+    fail_on: str | None,
+    check_gradients: bool,
+    sweep: list[str],
+    noise: bool,
+    curvature: bool,
+    console: Console,
+) -> int:
     """Returns the exit code: 0, or 3 when flags at/above `fail_on` severity were found."""
     if batches < 1:
         raise UserError("--batches must be at least 1")
@@ -128,7 +156,9 @@ def run_grad_inspect(config_path: Path, overrides: list[str], *, checkpoint: Pat
     options = InspectOptions(check_gradients=check_gradients, noise=noise, curvature=curvature)
     results: list[tuple[SweepPoint, Report]] = []
     for point in sweep_grid(sweep):
-        report, used = inspect_config(config_path, [*overrides, *point[1]], checkpoint, batches, options)
+        report, used = inspect_config(
+            config_path, [*overrides, *point[1]], checkpoint, batches, options
+        )
         if used < batches:
             console.print(f"note: the training split has only {used} batch(es); inspected {used}.")
         results.append((point, report))
@@ -143,8 +173,12 @@ def run_grad_inspect(config_path: Path, overrides: list[str], *, checkpoint: Pat
         if len(results) == 1:
             data = to_json_dict(reports[0])
         else:
-            data = {"sweep": [{"label": label, "overrides": extra, "report": to_json_dict(r)}
-                              for (label, extra), r in results]}
+            data = {
+                "sweep": [
+                    {"label": label, "overrides": extra, "report": to_json_dict(r)}
+                    for (label, extra), r in results
+                ]
+            }
         write_json(data, json_path)
     if plot_path is not None:
         for path, report in zip(plot_paths(plot_path, len(reports)), reports, strict=True):

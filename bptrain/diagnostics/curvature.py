@@ -27,8 +27,9 @@ def _normalise(v: list[Tensor]) -> list[Tensor]:
     return [x / norm for x in v]
 
 
-def hessian_vector_product_fn(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
-                              batches: Sequence[tuple[Any, Any]]) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
+def hessian_vector_product_fn(
+    model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Sequence[tuple[Any, Any]]
+) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
     """The parameters and v ↦ Hv for the loss averaged over ``batches`` (graph built once)."""
     from bptrain.diagnostics.analysis import call_model
 
@@ -40,16 +41,28 @@ def hessian_vector_product_fn(model: nn.Module, loss_fn: Callable[[Any, Any], Te
     grads_used = [g for _, g in used]
 
     def hvp(v: list[Tensor]) -> list[Tensor]:
-        out = torch.autograd.grad(grads_used, params, grad_outputs=v, retain_graph=True, allow_unused=True)
-        return [o if o is not None else torch.zeros_like(p) for o, p in zip(out, params, strict=True)]
+        out = torch.autograd.grad(
+            grads_used, params, grad_outputs=v, retain_graph=True, allow_unused=True
+        )
+        return [
+            o if o is not None else torch.zeros_like(p) for o, p in zip(out, params, strict=True)
+        ]
 
     return params, hvp
 
 
-def top_eigenvalue(params: list[Tensor], hvp: Callable[[list[Tensor]], list[Tensor]], *, iterations: int,
-                   tolerance: float, generator: torch.Generator) -> tuple[float, int, bool]:
+def top_eigenvalue(
+    params: list[Tensor],
+    hvp: Callable[[list[Tensor]], list[Tensor]],
+    *,
+    iterations: int,
+    tolerance: float,
+    generator: torch.Generator,
+) -> tuple[float, int, bool]:
     """Power iteration: the eigenvalue of largest magnitude, iterations used, converged?"""
-    v = _normalise([torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params])
+    v = _normalise(
+        [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
+    )
     eigenvalue = 0.0
     for step in range(1, iterations + 1):
         hv = hvp(v)
@@ -64,27 +77,45 @@ def top_eigenvalue(params: list[Tensor], hvp: Callable[[list[Tensor]], list[Tens
     return eigenvalue, iterations, False
 
 
-def hutchinson_trace(params: list[Tensor], hvp: Callable[[list[Tensor]], list[Tensor]], *, samples: int,
-                     generator: torch.Generator) -> float:
+def hutchinson_trace(
+    params: list[Tensor],
+    hvp: Callable[[list[Tensor]], list[Tensor]],
+    *,
+    samples: int,
+    generator: torch.Generator,
+) -> float:
     """tr(H) ≈ mean over Rademacher v of vᵀHv."""
     total = 0.0
     for _ in range(samples):
-        v = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype).to(p.device) for p in params]
+        v = [
+            (torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype).to(p.device)
+            for p in params
+        ]
         total += float(_dot(v, hvp(v)))
     return total / max(samples, 1)
 
 
-def analyse(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Sequence[tuple[Any, Any]], *,
-            iterations: int = 50, tolerance: float = 1e-4, hutchinson_samples: int = 10, seed: int = 0,
-            lr: float | None = None, optimizer: str | None = None) -> dict[str, Any]:
+def analyse(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    batches: Sequence[tuple[Any, Any]],
+    *,
+    iterations: int = 50,
+    tolerance: float = 1e-4,
+    hutchinson_samples: int = 10,
+    seed: int = 0,
+    lr: float | None = None,
+    optimizer: str | None = None,
+) -> dict[str, Any]:
     frozen = copy.deepcopy(model).eval()
     generator = torch.Generator().manual_seed(seed)
     try:
         params, hvp = hessian_vector_product_fn(frozen, loss_fn, batches)
     except RuntimeError as err:
         return {"skipped": f"Hessian-vector products unavailable (no double backward?): {err}"}
-    eigenvalue, used, converged = top_eigenvalue(params, hvp, iterations=iterations, tolerance=tolerance,
-                                                 generator=generator)
+    eigenvalue, used, converged = top_eigenvalue(
+        params, hvp, iterations=iterations, tolerance=tolerance, generator=generator
+    )
     trace = hutchinson_trace(params, hvp, samples=hutchinson_samples, generator=generator)
     result: dict[str, Any] = {
         "hessian_max_eigenvalue": eigenvalue,
@@ -96,7 +127,8 @@ def analyse(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Se
     if lr is not None:
         result["lr_times_lambda_max"] = lr * eigenvalue
         result["stability_note"] = (
-            "lr·λmax vs 2 is the stability edge of SGD" if optimizer in ("SGD", None)
+            "lr·λmax vs 2 is the stability edge of SGD"
+            if optimizer in ("SGD", None)
             else f"{optimizer} preconditions its steps: lr·λmax vs 2 is only a heuristic"
         )
     return result

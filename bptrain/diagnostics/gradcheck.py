@@ -48,14 +48,23 @@ def relative_error(analytic: float, numeric: float, floor: float) -> float:
     return abs(analytic - numeric) / max(abs(analytic), abs(numeric), floor)
 
 
-def finite_difference_errors(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
-                             batch: tuple[Any, Any], *, entries_per_param: int = 4,
-                             samples: int = 8, seed: int = 0) -> dict[str, float]:
+def finite_difference_errors(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    batch: tuple[Any, Any],
+    *,
+    entries_per_param: int = 4,
+    samples: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
     """Max relative error |autograd − finite difference| per module path, on sampled entries."""
     from bptrain.diagnostics.analysis import call_model, owned_parameters
 
     model64 = copy.deepcopy(model).double().eval()
-    x, y = to_float64(first_samples(batch[0], samples)), to_float64(first_samples(batch[1], samples))
+    x, y = (
+        to_float64(first_samples(batch[0], samples)),
+        to_float64(first_samples(batch[1], samples)),
+    )
 
     def loss_value() -> float:
         with torch.no_grad():
@@ -64,8 +73,17 @@ def finite_difference_errors(model: nn.Module, loss_fn: Callable[[Any, Any], Ten
     groups = owned_parameters(model64)
     trainable = [p for params in groups.values() for _, p in params if p.requires_grad]
     loss = loss_fn(call_model(model64, x), y)
-    grads = dict(zip(map(id, trainable), torch.autograd.grad(loss, trainable, allow_unused=True), strict=True))
-    floor = NOISE_FLOOR_MULTIPLE * torch.finfo(torch.float64).eps * max(abs(float(loss.detach())), 1.0) / EPSILON
+    grads = dict(
+        zip(
+            map(id, trainable), torch.autograd.grad(loss, trainable, allow_unused=True), strict=True
+        )
+    )
+    floor = (
+        NOISE_FLOOR_MULTIPLE
+        * torch.finfo(torch.float64).eps
+        * max(abs(float(loss.detach())), 1.0)
+        / EPSILON
+    )
     generator = torch.Generator().manual_seed(seed)
     errors: dict[str, float] = {}
     for path, params in groups.items():
@@ -74,9 +92,15 @@ def finite_difference_errors(model: nn.Module, loss_fn: Callable[[Any, Any], Ten
             if not param.requires_grad:
                 continue
             grad = grads[id(param)]
-            analytic = grad.reshape(-1) if grad is not None else torch.zeros(param.numel(), dtype=torch.float64)
+            analytic = (
+                grad.reshape(-1)
+                if grad is not None
+                else torch.zeros(param.numel(), dtype=torch.float64)
+            )
             flat = param.data.view(-1)
-            for index in torch.randperm(param.numel(), generator=generator)[:entries_per_param].tolist():
+            for index in torch.randperm(param.numel(), generator=generator)[
+                :entries_per_param
+            ].tolist():
                 original = float(flat[index])
                 flat[index] = original + EPSILON
                 plus = loss_value()

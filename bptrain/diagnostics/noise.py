@@ -30,8 +30,9 @@ from torch.func import functional_call, grad, vmap
 CHUNK = 64
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], x: Tensor,
-                         y: Tensor) -> tuple[list[str], Callable[[int, int], Tensor]]:
+def per_sample_gradients(
+    model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], x: Tensor, y: Tensor
+) -> tuple[list[str], Callable[[int, int], Tensor]]:
     """Names of the trainable parameters, and a function giving the flattened g_i of samples [a, b)."""
     frozen = copy.deepcopy(model).eval()
     params = {n: p.detach() for n, p in frozen.named_parameters() if p.requires_grad}
@@ -50,8 +51,13 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor]
     return list(params), chunk
 
 
-def gradient_tests(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batch: tuple[Any, Any],
-                   *, max_samples: int = 256) -> dict[str, Any]:
+def gradient_tests(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    batch: tuple[Any, Any],
+    *,
+    max_samples: int = 256,
+) -> dict[str, Any]:
     """Norm, inner-product and orthogonality tests and GSNR on (up to max_samples of) one batch."""
     x, y = batch
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
@@ -76,17 +82,22 @@ def gradient_tests(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batc
         g = chunk(start, min(start + CHUNK, size))
         inner = g @ mean
         inner_dev += float((inner - mean_sq).square().sum())
-        ortho += float((g.square().sum(1) - inner.square() / mean_sq).sum()) if mean_sq > 0 else math.nan
+        ortho += (
+            float((g.square().sum(1) - inner.square() / mean_sq).sum()) if mean_sq > 0 else math.nan
+        )
     return summarise(size, mean, total_sq, sum_sq_norms, inner_dev, ortho)
 
 
-def summarise(size: int, mean: Tensor, total_sq: Tensor, sum_sq_norms: float, inner_dev: float,
-              ortho: float) -> dict[str, Any]:
+def summarise(
+    size: int, mean: Tensor, total_sq: Tensor, sum_sq_norms: float, inner_dev: float, ortho: float
+) -> dict[str, Any]:
     norm_sq = float(mean.square().sum())
     scale = size * (size - 1)
     variance_l1 = sum_sq_norms - size * norm_sq  # Σ‖g_i − g_B‖²
     nan = math.nan
-    norm_test = math.sqrt(max(variance_l1, 0.0) / scale) / math.sqrt(norm_sq) if norm_sq > 0 else nan
+    norm_test = (
+        math.sqrt(max(variance_l1, 0.0) / scale) / math.sqrt(norm_sq) if norm_sq > 0 else nan
+    )
     inner_test = math.sqrt(inner_dev / scale) / norm_sq if norm_sq > 0 else nan
     ortho_test = math.sqrt(max(ortho, 0.0) / scale) / math.sqrt(norm_sq) if norm_sq > 0 else nan
     variance = (total_sq - size * mean.square()) / (size - 1)

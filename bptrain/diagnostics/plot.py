@@ -25,13 +25,22 @@ def plot(report: Report, path: Path | str) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("--plot needs matplotlib: pip install matplotlib (or pip install 'bptrain[plot]')") from None
+        raise UserError(
+            "--plot needs matplotlib: pip install matplotlib (or pip install 'bptrain[plot]')"
+        ) from None
     path = Path(path)
     names = [x.name for x in report.layers]
     steps = range(len(names))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4.5))
-    ax.plot(steps, _positive([x.grad_norm for x in report.layers]), "o-", label="‖∇W‖ (weight gradient)")
-    ax.plot(steps, _positive([x.signal_norm for x in report.layers]), "s-", label="‖∂L/∂out‖ (error signal)")
+    ax.plot(
+        steps, _positive([x.grad_norm for x in report.layers]), "o-", label="‖∇W‖ (weight gradient)"
+    )
+    ax.plot(
+        steps,
+        _positive([x.signal_norm for x in report.layers]),
+        "s-",
+        label="‖∂L/∂out‖ (error signal)",
+    )
     ax.set_yscale("log")
     ax.set_xticks(list(steps), names, rotation=60, ha="right", fontsize=8)
     ax.set_xlabel("layer (input → output)")

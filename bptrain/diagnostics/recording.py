@@ -20,18 +20,41 @@ from torch.utils.hooks import RemovableHandle
 
 # Elementwise activations: φ' can be computed per entry, so E[φ'²] and dead units are defined.
 ELEMENTWISE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Softplus, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid,
-    nn.Hardswish, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
 )
 # Bounded activations and the maximum of their derivative (saturation = φ' far below it).
 SATURATING: dict[type[nn.Module], float] = {
-    nn.Sigmoid: 0.25, nn.Tanh: 1.0, nn.Hardtanh: 1.0, nn.Hardsigmoid: 1 / 6, nn.Softsign: 1.0,
+    nn.Sigmoid: 0.25,
+    nn.Tanh: 1.0,
+    nn.Hardtanh: 1.0,
+    nn.Hardsigmoid: 1 / 6,
+    nn.Softsign: 1.0,
 }
 SATURATION_DERIVATIVE_SHARE = 0.01
 SATURATED_SAMPLE_SHARE = 0.9
 CHANNELS_FIRST: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
 )
 
 
@@ -159,7 +182,9 @@ class Recorder:
         self._keep.clear()
 
     def nonfinite_from_loss(self, batch: int, value: float) -> None:
-        self.nonfinite = Nonfinite("loss", "loss", batch, f"the loss is {value} while every module output is finite")
+        self.nonfinite = Nonfinite(
+            "loss", "loss", batch, f"the loss is {value} while every module output is finite"
+        )
 
     def _pre_hook(self, path: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[object, ...]) -> None:
@@ -195,7 +220,9 @@ class Recorder:
             if self.nonfinite is None and not bool(torch.isfinite(grad).all()):
                 produced_by = self._last_backward or "the loss"
                 self.nonfinite = Nonfinite(
-                    path, "backward", self.batch,
+                    path,
+                    "backward",
+                    self.batch,
                     f"∂L/∂output is NaN/Inf; it was produced by the backward of {produced_by}",
                 )
             self._last_backward = path
@@ -214,7 +241,9 @@ class Recorder:
         bound = SATURATING.get(type(module))
         if bound is not None:
             saturated = (d_units.abs() < SATURATION_DERIVATIVE_SHARE * bound).sum(dim=0)
-            record.saturated = saturated if record.saturated is None else record.saturated + saturated
+            record.saturated = (
+                saturated if record.saturated is None else record.saturated + saturated
+            )
         record.samples += d_units.shape[0]
 
     def signal_norm(self, path: str, batches: int) -> float | None:
@@ -238,4 +267,3 @@ class Recorder:
             "dead_fraction": float((~record.alive).float().mean()),
             "saturated_fraction": saturated,
         }
-

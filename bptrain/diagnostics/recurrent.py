@@ -52,8 +52,9 @@ def _step_norm(out_t: Tensor, hidden: Tensor) -> float:
     return float(total.detach().double().norm())
 
 
-def signal_through_time(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
-                        batch: tuple[Any, Any]) -> list[dict[str, Any]]:
+def signal_through_time(
+    model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batch: tuple[Any, Any]
+) -> list[dict[str, Any]]:
     """‖∂L/∂h_t‖ for t = 1..T and its per-step factor, for every recurrent layer."""
     from bptrain.diagnostics.analysis import call_model
 
@@ -73,10 +74,12 @@ def signal_through_time(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
             loss.backward()
         norms = [_step_norm(out_t, hidden) for out_t, hidden in steps]
         factors = [a / b for a, b in itertools.pairwise(norms) if b > 0]
-        results.append({
-            "module": name,
-            "signal_norm_through_time": norms,
-            "factor_per_step": statistics.median(factors) if factors else None,
-            "first_last_ratio": norms[0] / norms[-1] if norms and norms[-1] > 0 else math.nan,
-        })
+        results.append(
+            {
+                "module": name,
+                "signal_norm_through_time": norms,
+                "factor_per_step": statistics.median(factors) if factors else None,
+                "first_last_ratio": norms[0] / norms[-1] if norms and norms[-1] > 0 else math.nan,
+            }
+        )
     return results

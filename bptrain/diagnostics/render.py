@@ -73,9 +73,15 @@ def report_table(report: Report, title: str = "grad-inspect") -> Table:
         if health and health.saturated_fraction:
             dead += f" sat {health.saturated_fraction:.0%}"
         row: list[str | Text] = [
-            layer.name, fmt(layer.grad_norm, ".2g"), fmt(layer.grad_to_weight, ".1e"),
-            f"{fmt(layer.signal_norm, '.1e')} {bar}", fmt(layer.signal_factor, ".2f"),
-            fmt(layer.expected_factor, ".2f"), fmt(layer.sigma_w2, ".2f"), dead, fmt(layer.update_ratio, ".0e"),
+            layer.name,
+            fmt(layer.grad_norm, ".2g"),
+            fmt(layer.grad_to_weight, ".1e"),
+            f"{fmt(layer.signal_norm, '.1e')} {bar}",
+            fmt(layer.signal_factor, ".2f"),
+            fmt(layer.expected_factor, ".2f"),
+            fmt(layer.sigma_w2, ".2f"),
+            dead,
+            fmt(layer.update_ratio, ".0e"),
         ]
         if report.options.get("check_gradients"):
             row.append(fmt(layer.grad_check_error, ".0e"))
@@ -96,21 +102,36 @@ def summary_lines(report: Report) -> list[str]:
         lines.append(f"optimizer {report.optimizer['name']} lr={report.optimizer['lr']:g}")
     if report.gradient_tests and "norm_test" in report.gradient_tests:
         t = report.gradient_tests
-        lines.append(f"gradient noise ({t['samples']} samples): norm test {fmt(t['norm_test'])}, inner product "
-                     f"{fmt(t['inner_product_test'])}, orthogonality {fmt(t['orthogonality_test'])}, GSNR "
-                     f"{fmt(t['gsnr'])}" + (f" -> batch too small; the norm test suggests batch_size ≈ "
-                                           f"{t['suggested_batch_size']:.0f}" if t["batch_too_small"] else ""))
+        lines.append(
+            f"gradient noise ({t['samples']} samples): norm test {fmt(t['norm_test'])}, inner product "
+            f"{fmt(t['inner_product_test'])}, orthogonality {fmt(t['orthogonality_test'])}, GSNR "
+            f"{fmt(t['gsnr'])}"
+            + (
+                f" -> batch too small; the norm test suggests batch_size ≈ "
+                f"{t['suggested_batch_size']:.0f}"
+                if t["batch_too_small"]
+                else ""
+            )
+        )
     if report.curvature and "hessian_max_eigenvalue" in report.curvature:
         c = report.curvature
-        extra = f", lr·λmax = {fmt(c.get('lr_times_lambda_max'))} ({c.get('stability_note')})" if "lr_times_lambda_max" in c else ""
-        lines.append(f"curvature: λmax {fmt(c['hessian_max_eigenvalue'])}, tr(H) ≈ {fmt(c['hessian_trace'])}{extra}")
+        extra = (
+            f", lr·λmax = {fmt(c.get('lr_times_lambda_max'))} ({c.get('stability_note')})"
+            if "lr_times_lambda_max" in c
+            else ""
+        )
+        lines.append(
+            f"curvature: λmax {fmt(c['hessian_max_eigenvalue'])}, tr(H) ≈ {fmt(c['hessian_trace'])}{extra}"
+        )
     for rnn in report.recurrent or []:
         if "skipped" in rnn:
             lines.append(f"recurrent {rnn['module']}: {rnn['skipped']}")
         else:
             norms = rnn["signal_norm_through_time"]
-            lines.append(f"recurrent {rnn['module']}: ‖∂L/∂h_t‖ t=1..{len(norms)}: {fmt(norms[0])} ... "
-                         f"{fmt(norms[-1])}; factor/step {fmt(rnn['factor_per_step'])}")
+            lines.append(
+                f"recurrent {rnn['module']}: ‖∂L/∂h_t‖ t=1..{len(norms)}: {fmt(norms[0])} ... "
+                f"{fmt(norms[-1])}; factor/step {fmt(rnn['factor_per_step'])}"
+            )
     return lines
 
 

@@ -52,7 +52,9 @@ def guess_init(module: nn.Module, scale: float) -> str:
         "kaiming (σ_w²≈2)": 2.0,
     }
     if fan_in != fan_out:
-        candidates[f"xavier (σ_w²≈{2 * fan_in / (fan_in + fan_out):.2f})"] = 2 * fan_in / (fan_in + fan_out)
+        candidates[f"xavier (σ_w²≈{2 * fan_in / (fan_in + fan_out):.2f})"] = (
+            2 * fan_in / (fan_in + fan_out)
+        )
     for name, expected in candidates.items():
         if abs(scale - expected) <= INIT_TOLERANCE * expected:
             return name

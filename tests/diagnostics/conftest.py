@@ -11,8 +11,16 @@ from torch import nn
 MLPFactory = Callable[..., nn.Sequential]
 
 
-def build_mlp(depth: int, width: int, activation: type[nn.Module], sigma_w2: float, *, n_in: int | None = None,
-              n_out: int = 10, seed: int = 0) -> nn.Sequential:
+def build_mlp(
+    depth: int,
+    width: int,
+    activation: type[nn.Module],
+    sigma_w2: float,
+    *,
+    n_in: int | None = None,
+    n_out: int = 10,
+    seed: int = 0,
+) -> nn.Sequential:
     """Linear+activation blocks with weights N(0, sigma_w2 / fan_in) and zero biases (head: PyTorch default)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -36,6 +44,8 @@ def mlp() -> MLPFactory:
 def classification_batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     def make(n: int, d: int, classes: int = 10, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn(n, d, generator=generator), torch.randint(0, classes, (n,), generator=generator)
+        return torch.randn(n, d, generator=generator), torch.randint(
+            0, classes, (n,), generator=generator
+        )
 
     return make

@@ -33,10 +33,15 @@ def _batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_audit_names_every_reason_a_parameter_does_not_train() -> None:
     model = Leaky()
-    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.SGD([p for n, p in m.named_parameters() if not n.startswith("head.bias")], lr=0.1)
 
-    report = inspect_gradients(model, nn.functional.cross_entropy, [_batch()], make_optimizer=make_optimizer)
+    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            [p for n, p in m.named_parameters() if not n.startswith("head.bias")], lr=0.1
+        )
+
+    report = inspect_gradients(
+        model, nn.functional.cross_entropy, [_batch()], make_optimizer=make_optimizer
+    )
     status = {a.name: a.status for layer in report.layers for a in layer.params}
     assert status["unused.weight"] == "grad_none"
     assert status["detached.weight"] == "grad_none"
@@ -44,8 +49,15 @@ def test_audit_names_every_reason_a_parameter_does_not_train() -> None:
     assert status["head.bias"] == "not_in_optimizer"
     assert status["used.weight"] == "ok"
     severities = {(f.layer, f.severity) for f in report.flags if f.name == "no_grad"}
-    assert {("unused", "error"), ("detached", "error"), ("frozen", "warning"), ("head", "error")} <= severities
-    assert [x.name for x in report.layers][-1] == "unused"  # never called: listed after the forward order
+    assert {
+        ("unused", "error"),
+        ("detached", "error"),
+        ("frozen", "warning"),
+        ("head", "error"),
+    } <= severities
+    assert [x.name for x in report.layers][
+        -1
+    ] == "unused"  # never called: listed after the forward order
 
 
 class NaNAt(nn.Module):
@@ -97,11 +109,19 @@ def test_first_nonfinite_gradient_is_localised_to_the_backward_pass() -> None:
 def test_json_has_the_documented_top_level_and_layer_keys() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    data = to_json_dict(inspect_gradients(model, nn.functional.cross_entropy, [_batch()],
-                                          make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3)))
+    data = to_json_dict(
+        inspect_gradients(
+            model,
+            nn.functional.cross_entropy,
+            [_batch()],
+            make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
+        )
+    )
     assert {"layers", "global_grad_norm", "flags", "verdict"} <= set(data)
     assert "gradient_tests" not in data and "hessian_max_eigenvalue" not in data
     for layer in data["layers"]:
-        assert {"name", "grad_norm", "weight_norm", "signal_norm", "flags", "update_ratio"} <= set(layer)
+        assert {"name", "grad_norm", "weight_norm", "signal_norm", "flags", "update_ratio"} <= set(
+            layer
+        )
     assert data["layers"][0]["name"] == "0"
     json.dumps(data, allow_nan=False)

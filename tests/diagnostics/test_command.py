@@ -18,8 +18,11 @@ data: {source: blobs, n_samples: 400, n_features: 8, n_classes: 3, batch_size: 6
 model: {name: mlp, hidden: [32, 32], activation: relu, init: kaiming_normal}
 optimizer: {name: sgd, lr: 0.01}
 """
-DEEP_SIGMOID = ["model.hidden=[32,32,32,32,32,32,32,32,32,32,32,32]", "model.activation=sigmoid",
-                "model.init=xavier_normal"]
+DEEP_SIGMOID = [
+    "model.hidden=[32,32,32,32,32,32,32,32,32,32,32,32]",
+    "model.activation=sigmoid",
+    "model.init=xavier_normal",
+]
 
 
 @pytest.fixture
@@ -31,10 +34,21 @@ def config(tmp_path: Path) -> Path:
 
 def _run(config: Path, overrides: list[str] | None = None, **kwargs) -> tuple[int, str]:
     out = io.StringIO()
-    options = dict(checkpoint=None, batches=2, json_path=None, plot_path=None, fail_on=None,
-                   check_gradients=False, sweep=[], noise=False, curvature=False)
+    options = dict(
+        checkpoint=None,
+        batches=2,
+        json_path=None,
+        plot_path=None,
+        fail_on=None,
+        check_gradients=False,
+        sweep=[],
+        noise=False,
+        curvature=False,
+    )
     options.update(kwargs)
-    code = run_grad_inspect(config, overrides or [], console=Console(file=out, width=200), **options)
+    code = run_grad_inspect(
+        config, overrides or [], console=Console(file=out, width=200), **options
+    )
     return code, out.getvalue()
 
 
@@ -45,7 +59,9 @@ def test_healthy_mlp_report_and_json(config: Path, tmp_path: Path) -> None:
     data = json.loads(json_path.read_text())
     assert [layer["name"] for layer in data["layers"]] == ["net.0", "net.2", "net.4"]
     assert data["batches"] == 2 and data["batch_size"] == 64
-    assert {"norm_test", "inner_product_test", "orthogonality_test", "gsnr"} <= set(data["gradient_tests"])
+    assert {"norm_test", "inner_product_test", "orthogonality_test", "gsnr"} <= set(
+        data["gradient_tests"]
+    )
     assert data["hessian_max_eigenvalue"] > 0
     assert all(layer["update_ratio"] > 0 for layer in data["layers"])
     assert "verdict:" in text
@@ -59,15 +75,28 @@ def test_deep_sigmoid_fails_on_error_with_exit_3(config: Path) -> None:
 
 def test_sweep_renders_side_by_side_and_writes_every_report(config: Path, tmp_path: Path) -> None:
     json_path = tmp_path / "sweep.json"
-    code, text = _run(config, DEEP_SIGMOID[:1], json_path=json_path,
-                      sweep=["model.activation=sigmoid,relu", "model.init=xavier_normal,kaiming_normal"])
+    code, text = _run(
+        config,
+        DEEP_SIGMOID[:1],
+        json_path=json_path,
+        sweep=["model.activation=sigmoid,relu", "model.init=xavier_normal,kaiming_normal"],
+    )
     assert code == 0
     data = json.loads(json_path.read_text())
     labels = [item["label"] for item in data["sweep"]]
-    assert labels == ["activation=sigmoid init=xavier_normal", "activation=sigmoid init=kaiming_normal",
-                      "activation=relu init=xavier_normal", "activation=relu init=kaiming_normal"]
-    trend = {item["label"]: item["report"]["depth_trend"]["factor_per_layer"] for item in data["sweep"]}
-    assert trend["activation=sigmoid init=xavier_normal"] < trend["activation=relu init=kaiming_normal"]
+    assert labels == [
+        "activation=sigmoid init=xavier_normal",
+        "activation=sigmoid init=kaiming_normal",
+        "activation=relu init=xavier_normal",
+        "activation=relu init=kaiming_normal",
+    ]
+    trend = {
+        item["label"]: item["report"]["depth_trend"]["factor_per_layer"] for item in data["sweep"]
+    }
+    assert (
+        trend["activation=sigmoid init=xavier_normal"]
+        < trend["activation=relu init=kaiming_normal"]
+    )
     assert "activation=relu init=kaiming_normal" in text and "factor/layer" in text
 
 

@@ -42,9 +42,16 @@ class Net(nn.Module):
 
 def _inspect(function: type[torch.autograd.Function]):
     generator = torch.Generator().manual_seed(0)
-    batch = (torch.randn(16, 5, generator=generator), torch.randint(0, 3, (16,), generator=generator))
-    return inspect_gradients(Net(function), nn.functional.cross_entropy, [batch],
-                             options=InspectOptions(check_gradients=True))
+    batch = (
+        torch.randn(16, 5, generator=generator),
+        torch.randint(0, 3, (16,), generator=generator),
+    )
+    return inspect_gradients(
+        Net(function),
+        nn.functional.cross_entropy,
+        [batch],
+        options=InspectOptions(check_gradients=True),
+    )
 
 
 def test_wrong_custom_backward_is_flagged_at_the_layers_below_it() -> None:

@@ -67,7 +67,12 @@ def test_update_ratios_equal_direct_computation() -> None:
     ratios = to_floats(monitor.update_ratios())
     for path in ("0", "2"):
         names = [n for n in before if n.startswith(path + ".")]
-        delta = math.sqrt(sum(float((dict(model.named_parameters())[n].detach() - before[n]).square().sum()) for n in names))
+        delta = math.sqrt(
+            sum(
+                float((dict(model.named_parameters())[n].detach() - before[n]).square().sum())
+                for n in names
+            )
+        )
         base = math.sqrt(sum(float(before[n].square().sum()) for n in names))
         assert ratios[f"update_ratio/layer/{path}"] == pytest.approx(delta / base, rel=1e-5)
 

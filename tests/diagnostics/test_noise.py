@@ -26,9 +26,12 @@ def _direct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, flo
     variance = g.var(0, unbiased=True)
     usable = variance > 0
     return {
-        "norm_test": math.sqrt(float((g - mean).square().sum()) / (b * (b - 1))) / math.sqrt(norm_sq),
-        "inner_product_test": math.sqrt(float((inner - norm_sq).square().sum()) / (b * (b - 1))) / norm_sq,
-        "orthogonality_test": math.sqrt(float((g - projection).square().sum()) / (b * (b - 1))) / math.sqrt(norm_sq),
+        "norm_test": math.sqrt(float((g - mean).square().sum()) / (b * (b - 1)))
+        / math.sqrt(norm_sq),
+        "inner_product_test": math.sqrt(float((inner - norm_sq).square().sum()) / (b * (b - 1)))
+        / norm_sq,
+        "orthogonality_test": math.sqrt(float((g - projection).square().sum()) / (b * (b - 1)))
+        / math.sqrt(norm_sq),
         "gsnr": float((mean[usable].square() / variance[usable]).mean()),
     }
 
@@ -39,10 +42,14 @@ def test_noise_tests_equal_a_per_sample_loop() -> None:
     model.train()
     generator = torch.Generator().manual_seed(3)
     x, y = torch.randn(40, 6, generator=generator), torch.randint(0, 4, (40,), generator=generator)
-    report = inspect_gradients(model, nn.functional.cross_entropy, [(x, y)], options=InspectOptions(noise=True))
+    report = inspect_gradients(
+        model, nn.functional.cross_entropy, [(x, y)], options=InspectOptions(noise=True)
+    )
     tests = report.gradient_tests
     assert tests is not None and tests["samples"] == 40
-    expected = _direct(model.eval(), x, y)  # per-sample gradients are taken with BatchNorm in eval mode
+    expected = _direct(
+        model.eval(), x, y
+    )  # per-sample gradients are taken with BatchNorm in eval mode
     for key, value in expected.items():
         assert tests[key] == pytest.approx(value, rel=1e-4), key
     assert tests["suggested_batch_size"] == pytest.approx(40 * expected["norm_test"] ** 2, rel=1e-4)

@@ -23,7 +23,9 @@ class LastStep(nn.Module):
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(4, 12, 3, generator=generator), torch.randint(0, 2, (4,), generator=generator)
+    return torch.randn(4, 12, 3, generator=generator), torch.randint(
+        0, 2, (4,), generator=generator
+    )
 
 
 def _cell_unrolled_norms(model: LastStep, x: torch.Tensor, y: torch.Tensor) -> list[float]:

@@ -17,9 +17,14 @@ from bptrain.errors import UserError
 
 def _report(activation: type[nn.Module]):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), activation(), nn.Linear(8, 8), activation(), nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Linear(4, 8), activation(), nn.Linear(8, 8), activation(), nn.Linear(8, 3)
+    )
     generator = torch.Generator().manual_seed(0)
-    batch = (torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+    batch = (
+        torch.randn(16, 4, generator=generator),
+        torch.randint(0, 3, (16,), generator=generator),
+    )
     return inspect_gradients(model, nn.functional.cross_entropy, [batch])
 
 

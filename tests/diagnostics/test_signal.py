@@ -9,7 +9,9 @@ from torch import nn
 from bptrain.diagnostics import inspect_gradients
 
 
-def _independent(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+def _independent(
+    model: nn.Sequential, x: torch.Tensor, y: torch.Tensor
+) -> tuple[dict[str, float], dict[str, float]]:
     """∂L/∂W via torch.autograd.grad, and ∂L/∂(layer output) via outputs captured by hand."""
     outputs: dict[str, torch.Tensor] = {}
     h = x
@@ -21,8 +23,10 @@ def _independent(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> tupl
     params = [p for n in linear for p in model.get_submodule(n).parameters()]
     signals = torch.autograd.grad(loss, [outputs[n] for n in linear], retain_graph=True)
     grads = torch.autograd.grad(loss, params)
-    grad_norms = {n: float(torch.sqrt(grads[2 * i].square().sum() + grads[2 * i + 1].square().sum()))
-                  for i, n in enumerate(linear)}
+    grad_norms = {
+        n: float(torch.sqrt(grads[2 * i].square().sum() + grads[2 * i + 1].square().sum()))
+        for i, n in enumerate(linear)
+    }
     return grad_norms, {n: float(s.norm()) for n, s in zip(linear, signals, strict=True)}
 
 
@@ -35,7 +39,11 @@ def test_grad_and_signal_norms_match_independent_autograd(mlp, classification_ba
     for layer in report.layers:
         assert layer.grad_norm == pytest.approx(grad_norms[layer.name], rel=1e-5)
         assert layer.signal_norm == pytest.approx(signals[layer.name], rel=1e-5)
-        weight_norm = float(torch.sqrt(sum(p.detach().square().sum() for p in model.get_submodule(layer.name).parameters())))
+        weight_norm = float(
+            torch.sqrt(
+                sum(p.detach().square().sum() for p in model.get_submodule(layer.name).parameters())
+            )
+        )
         assert layer.weight_norm == pytest.approx(weight_norm, rel=1e-5)
 
 
@@ -46,7 +54,9 @@ def test_several_batches_average_the_gradient_and_rms_the_signal(mlp, classifica
     loss = sum(nn.functional.cross_entropy(model(x), y) for x, y in batches) / 2
     first = model.get_submodule("0")
     grads = torch.autograd.grad(loss, list(first.parameters()))
-    assert report.layers[0].grad_norm == pytest.approx(float(torch.sqrt(sum(g.square().sum() for g in grads))), rel=1e-5)
+    assert report.layers[0].grad_norm == pytest.approx(
+        float(torch.sqrt(sum(g.square().sum() for g in grads))), rel=1e-5
+    )
     per_batch = [_independent(model, x, y)[1]["0"] for x, y in batches]
     rms = ((per_batch[0] ** 2 + per_batch[1] ** 2) / 2) ** 0.5
     assert report.layers[0].signal_norm == pytest.approx(rms, rel=1e-5)
@@ -56,8 +66,12 @@ def test_the_inspected_model_is_left_untouched(mlp, classification_batch) -> Non
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = classification_batch(16, 4, classes=3)
-    inspect_gradients(model, nn.functional.cross_entropy, [(x, y)],
-                      make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.5))
+    inspect_gradients(
+        model,
+        nn.functional.cross_entropy,
+        [(x, y)],
+        make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.5),
+    )
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert all(p.grad is None for p in model.parameters())

@@ -25,7 +25,9 @@ def _flag_names(report) -> set[str]:
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(BATCH, WIDTH, generator=generator), torch.randint(0, 10, (BATCH,), generator=generator)
+    return torch.randn(BATCH, WIDTH, generator=generator), torch.randint(
+        0, 10, (BATCH,), generator=generator
+    )
 
 
 @pytest.mark.parametrize(
@@ -38,14 +40,18 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     ],
     ids=["sigmoid-xavier", "relu-kaiming", "relu-xavier", "relu-sigma4"],
 )
-def test_signal_factor_matches_mean_field_theory(mlp, batch, activation, sigma_w2, expected, flag) -> None:
+def test_signal_factor_matches_mean_field_theory(
+    mlp, batch, activation, sigma_w2, expected, flag
+) -> None:
     model = mlp(depth=DEPTH, width=WIDTH, activation=activation, sigma_w2=sigma_w2)
     report = inspect_gradients(model, nn.functional.cross_entropy, [batch])
     measured = _middle_factor(report)
     assert measured == pytest.approx(expected, rel=0.05)
     predicted = statistics.median(x.expected_factor for x in report.layers[3:-3])
     assert predicted == pytest.approx(expected, rel=0.05)
-    assert statistics.median(x.sigma_w2 for x in report.layers[1:-1]) == pytest.approx(sigma_w2, rel=0.05)
+    assert statistics.median(x.sigma_w2 for x in report.layers[1:-1]) == pytest.approx(
+        sigma_w2, rel=0.05
+    )
     names = _flag_names(report)
     if flag is None:
         assert not names & {"vanishing", "exploding"}, report.flags
@@ -55,10 +61,18 @@ def test_signal_factor_matches_mean_field_theory(mlp, batch, activation, sigma_w
 
 
 def test_sigmoid_verdict_names_the_cause_and_config_remedies(mlp, batch) -> None:
-    report = inspect_gradients(mlp(depth=DEPTH, width=WIDTH, activation=nn.Sigmoid, sigma_w2=1.0),
-                               nn.functional.cross_entropy, [batch])
+    report = inspect_gradients(
+        mlp(depth=DEPTH, width=WIDTH, activation=nn.Sigmoid, sigma_w2=1.0),
+        nn.functional.cross_entropy,
+        [batch],
+    )
     assert any(f.name == "vanishing" and f.severity == "error" for f in report.flags)
-    for remedy in ("model.activation=relu", "model.init=kaiming_normal", "model.norm=batchnorm", "model.residual=true"):
+    for remedy in (
+        "model.activation=relu",
+        "model.init=kaiming_normal",
+        "model.norm=batchnorm",
+        "model.residual=true",
+    ):
         assert remedy in report.verdict
     assert "1/4" in report.verdict
 
@@ -94,5 +108,7 @@ def test_theory_sees_through_dropout_between_activation_and_next_linear(batch) -
     model = nn.Sequential(*blocks, nn.Linear(WIDTH, 10))
     report = inspect_gradients(model, nn.functional.cross_entropy, [batch])
     expected = (1 / 0.8) ** 0.5  # χ = 2 · 1/2 / (1 - p)
-    assert statistics.median(x.expected_factor for x in report.layers[:-1]) == pytest.approx(expected, rel=0.05)
+    assert statistics.median(x.expected_factor for x in report.layers[:-1]) == pytest.approx(
+        expected, rel=0.05
+    )
     assert _middle_factor(report) == pytest.approx(expected, rel=0.05)
