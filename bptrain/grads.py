@@ -19,6 +19,8 @@ gradient reports a ``nan`` norm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -139,20 +141,62 @@ class LogStepRecorder:
 
     ``before_update`` runs after AMP unscaling and before clipping (so the per-layer norms are the
     true ones the user wants to read), ``after_update`` after ``optimizer.step()``; ``take``
-    returns everything as floats in one host transfer.
+    returns everything as floats in one host transfer. With ``arm_histograms`` before the step's
+    forward pass, the step also keeps samples of activations, gradients and weights for histograms.
     """
 
     def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.monitor = GradFlowMonitor(model)
         self.stats: dict[str, Tensor] = {}
+        self.histograms: dict[str, Tensor] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._armed = False
+
+    def arm_histograms(self) -> None:
+        """Record the outputs of parameter-free leaf modules (activations, pooling...) in the next forward."""
+
+        def keep(name: str) -> Callable[[nn.Module, tuple, object], None]:
+            def hook(module: nn.Module, args: tuple, output: object) -> None:
+                if isinstance(output, Tensor) and output.is_floating_point():
+                    self.histograms[f"activations/{name}"] = _sample(output)
+
+            return hook
+
+        self._armed = True
+        for name, module in self.model.named_modules():
+            if name and not list(module.children()) and not list(module.parameters(recurse=False)):
+                self._hooks.append(module.register_forward_hook(keep(name)))
 
     def before_update(self) -> None:
         self.stats = self.monitor.grad_stats()
         self.monitor.snapshot_weights()
+        if self._armed:
+            for handle in self._hooks:
+                handle.remove()
+            self._hooks, self._armed = [], False
+            for name, param in self.model.named_parameters():
+                if param.grad is not None:
+                    self.histograms[f"gradients/{name}"] = _sample(param.grad)
 
     def after_update(self) -> None:
         self.stats.update(self.monitor.update_ratios())
+        if any(k.startswith("gradients/") for k in self.histograms):
+            for name, param in self.model.named_parameters():
+                self.histograms[f"weights/{name}"] = _sample(param)
 
     def take(self) -> dict[str, float]:
         floats, self.stats = to_floats(self.stats), {}
         return floats
+
+    def take_histograms(self) -> dict[str, Tensor]:
+        taken, self.histograms = self.histograms, {}
+        return taken
+
+
+def _sample(t: Tensor, limit: int = 65536) -> Tensor:
+    """At most `limit` values of a tensor, detached and copied (the original is overwritten next step)."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() > limit:
+        flat = flat[:: flat.numel() // limit + 1]
+    return flat.float().clone()

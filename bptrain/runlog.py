@@ -70,6 +70,12 @@ class RunLog:
                 ):
                     self.tb.add_scalar(key, value, step)
 
+    def histograms(self, step: int, values: dict[str, Any]) -> None:
+        """TensorBoard histograms (weights, gradients, activations); a no-op without TensorBoard."""
+        if self.tb is not None:
+            for tag, tensor in values.items():
+                self.tb.add_histogram(tag, tensor.cpu(), step)
+
     def close(self) -> None:
         self.jsonl.close()
         if self.tb is not None:

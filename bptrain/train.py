@@ -169,7 +169,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     # per-layer gradient norms and update ratios at log steps, for TensorBoard only
     layer_recorder = (
         LogStepRecorder(model)
-        if cfg.logging.grad_norms and cfg.logging.tensorboard and dist.is_main
+        if (cfg.logging.grad_norms or cfg.logging.histograms)
+        and cfg.logging.tensorboard
+        and dist.is_main
         else None
     )
 
@@ -209,6 +211,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                 epoch_loss = torch.tensor(state.epoch_loss_sum, device=device, dtype=torch.float64)
                 for window in _windows(data.train, accumulate, skip=state.batch_in_epoch):
                     log_now = (state.step + 1) % cfg.logging.log_every_n_steps == 0
+                    if (
+                        log_now
+                        and layer_recorder is not None
+                        and _histogram_step(state.step + 1, cfg)
+                    ):
+                        layer_recorder.arm_histograms()
                     window_loss, window_samples, grad_norm = train_step(
                         forward,
                         window,
@@ -237,13 +245,19 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         step_metrics = _step_metrics(
                             state, window_loss, grad_norm, optimizer, precision, guard
                         )
-                        layer_stats = layer_recorder.take() if layer_recorder is not None else {}
+                        layer_stats = (
+                            layer_recorder.take()
+                            if layer_recorder and cfg.logging.grad_norms
+                            else {}
+                        )
                         clip = cfg.trainer.grad_clip
                         if clip is not None and clip.max_norm is not None:  # what clipping left
                             layer_stats["grad_norm_clipped"] = min(
                                 step_metrics["grad_norm"], clip.max_norm
                             )
                         log.log("step", state.step, step_metrics, tb_only=layer_stats)
+                        if layer_recorder is not None:
+                            log.histograms(state.step, layer_recorder.take_histograms())
                         progress.step(state.step, state.epoch + 1, step_metrics)
                     else:
                         progress.step(state.step, state.epoch + 1)
@@ -363,6 +377,12 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     log.close()
     print_summary(console, summary)
     return summary
+
+
+def _histogram_step(step: int, cfg: Config) -> bool:
+    """Histograms at the first log step of every histogram_every_n_steps interval."""
+    every, log_every = cfg.logging.histogram_every_n_steps, cfg.logging.log_every_n_steps
+    return cfg.logging.histograms and step % max(every // log_every * log_every, log_every) == 0
 
 
 def train_step(

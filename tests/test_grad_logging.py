@@ -55,3 +55,29 @@ def test_grad_norm_logging_can_be_turned_off(write_config, tmp_path):
     assert not [
         t for t in _scalars(only_run_dir(tmp_path / "runs")) if t.startswith("grad_norm/layer/")
     ]
+
+
+def test_histograms_of_weights_gradients_and_activations(write_config, tmp_path):
+    cfg = load_config(
+        write_config(
+            {
+                "logging": {
+                    "tensorboard": True,
+                    "log_every_n_steps": 2,
+                    "histograms": True,
+                    "histogram_every_n_steps": 4,
+                }
+            }
+        ),
+        ["trainer.max_steps=8"],
+    )
+    fit(cfg, QUIET)
+    events = EventAccumulator(
+        str(only_run_dir(tmp_path / "runs") / "tb"), size_guidance={"histograms": 0}
+    )
+    events.Reload()
+    tags = events.Tags()["histograms"]
+    assert {"weights/net.0.weight", "gradients/net.0.weight", "activations/net.1"} <= set(tags)
+    assert [e.step for e in events.Histograms("gradients/net.0.weight")] == [4, 8]
+    weights = events.Histograms("weights/net.4.bias")[0].histogram_value
+    assert weights.num == 3  # every value of the 3-class output bias
