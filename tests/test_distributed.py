@@ -21,10 +21,9 @@ from typer.testing import CliRunner
 from bptrain import distributed
 from bptrain.cli import app
 from bptrain.config import load_config
-from bptrain.data import DataSpec
 from bptrain.errors import UserError
 from bptrain.inference import evaluate_checkpoint
-from bptrain.train import fit, train_step
+from bptrain.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -223,41 +222,60 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step_then_resume_finis
     assert evaluated["val/loss"] == pytest.approx(summary["final"]["val/loss"], abs=1e-6)
 
 
-def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path: Path) -> None:
-    """no_sync: three micro-batches, one all-reduce (a one-process gloo group counts them)."""
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
-    try:
-        cfg = load_config(QUICKSTART, ["trainer.accumulate_grad_batches=3"])
-        model = torch.nn.Linear(4, 3)
-        ddp = distributed.wrap(model, distributed.Dist(torch.device("cpu"), backend="gloo"))
-        calls: list[int] = []
+_ACCUMULATION_PROBE = """
+import sys
+import torch
+from bptrain import distributed
+from bptrain.config import load_config
+from bptrain.data import DataSpec
+from bptrain.losses import build_objective
+from bptrain.runtime import Precision
+from bptrain.train import train_step
 
-        def counting_allreduce(state, bucket):  # no annotations: DDP checks them at runtime
-            calls.append(bucket.index())
-            return _allreduce(bucket)
+port, quickstart = int(sys.argv[1]), sys.argv[2]
+torch.distributed.init_process_group(
+    "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+)
+cfg = load_config(quickstart, ["trainer.accumulate_grad_batches=3"])
+model = torch.nn.Linear(4, 3)
+ddp = distributed.wrap(model, distributed.Dist(torch.device("cpu"), backend="gloo"))
+calls = []
 
-        ddp.register_comm_hook(None, counting_allreduce)
-        from bptrain.losses import build_objective
-        from bptrain.runtime import Precision
-
-        spec = DataSpec("classification", (4,), 3, ())
-        objective = build_objective(cfg.loss, spec)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        window = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
-        precision = Precision.create("32", torch.device("cpu"))
-        train_step(ddp, window, objective, optimizer, precision, cfg)
-        assert len(calls) == 1  # one bucket, reduced once, after the last micro-batch
-        train_step(ddp, window[:1], objective, optimizer, precision, cfg)
-        assert len(calls) == 2
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _allreduce(bucket: torch.distributed.GradBucket) -> torch.futures.Future[torch.Tensor]:
+def counting_allreduce(state, bucket):  # no annotations: DDP checks them at runtime
+    calls.append(bucket.index())
     work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
     return work.get_future().then(lambda fut: fut.value()[0])
+
+ddp.register_comm_hook(None, counting_allreduce)
+objective = build_objective(cfg.loss, DataSpec("classification", (4,), 3, ()))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+window = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
+precision = Precision.create("32", torch.device("cpu"))
+train_step(ddp, window, objective, optimizer, precision, cfg)
+after_window = len(calls)
+train_step(ddp, window[:1], objective, optimizer, precision, cfg)
+print(after_window, len(calls))
+del ddp  # free DDP (and its reference to the group) before the group itself
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_gradient_accumulation_all_reduces_once_per_optimizer_step(tmp_path: Path) -> None:
+    """no_sync: three micro-batches, one all-reduce (a one-process gloo group counts them).
+
+    Runs in its own process with a timeout: a gloo group torn down inside the pytest process can
+    block in its destructor, which would stall the whole suite.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _ACCUMULATION_PROBE, str(_free_port()), str(QUICKSTART)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    # one bucket, reduced once after the window's last micro-batch; then once for a 1-batch window
+    assert done.stdout.split()[-2:] == ["1", "2"]
 
 
 runner = CliRunner()
