@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-import zlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,11 @@ import bptrain
 from bptrain import distributed
 from bptrain.checkpoint import (
     CheckpointTracker,
-    load_checkpoint,
-    model_state,
     rewind_run_dir,
     save_checkpoint,
     save_safetensors,
 )
-from bptrain.config import Config, to_dict, to_yaml
+from bptrain.config import Config, to_yaml
 from bptrain.data import Batches, build_data
 from bptrain.early_stopping import EarlyStopping
 from bptrain.errors import TrainingError, UserError
@@ -62,25 +58,19 @@ from bptrain.losses import Objective, build_objective
 from bptrain.models import build_model, takes_token_ids
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
+from bptrain.resume import (
+    Progress,
+    checkpoint_state,
+    load_resume,
+    restore,
+    run_dir_of,
+)
 from bptrain.runlog import RunLog, create_run_dir, write_json
-from bptrain.runtime import Precision, rng_state, seed_everything, set_rng_state
-from bptrain.summary import print_run_header, print_summary
+from bptrain.runtime import Precision, seed_everything
+from bptrain.summary import count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init, freeze, init_from
 
 __all__ = ["Interrupted", "Progress", "fit", "train_step"]
-
-
-@dataclass
-class Progress:
-    """Where the run is. Saved in every checkpoint; enough to continue at the exact same micro-batch."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps completed
-    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
-    epoch_loss_sum: float = 0.0  # running sums for the epoch's train/loss
-    epoch_samples: int = 0
-    schedule_steps: int = 0  # horizon of per-step LR schedules, fixed when the run starts
-    metrics_bytes: int = 0  # length of metrics.jsonl when this checkpoint was written
 
 
 def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
@@ -102,7 +92,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
-    saved, checkpoint_path = _load_resume(cfg, resume)
+    saved, checkpoint_path = load_resume(cfg, resume)
     if saved is None and cfg.model.init_from is not None:  # resuming restores weights anyway
         console.print(describe_init(init_from(model, cfg.model.init_from, cfg.model.init_strict)))
     freeze(model, cfg.model.freeze)
@@ -126,10 +116,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
 
     state, best_weights = Progress(schedule_steps=total_steps), None
     if saved is not None:  # best_weights: kept for early_stopping.restore_best_weights
-        state, best_weights = _restore(
+        state, best_weights = restore(
             saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
         )
-    run_dir = _run_dir_of(checkpoint_path)
+    run_dir = run_dir_of(checkpoint_path)
     if run_dir is not None and dist.is_main:
         rewind_run_dir(run_dir, state.metrics_bytes)
     elif run_dir is None:  # rank 0 names it, every rank writes into (rank 0) or reads from it
@@ -175,10 +165,10 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         else None
     )
 
-    def checkpoint_state() -> dict[str, Any]:
+    def current_state() -> dict[str, Any]:
         guard.raise_if_failed()  # never save a model a lazily-detected NaN has poisoned
         state.metrics_bytes = log.jsonl.tell()
-        return _checkpoint_state(
+        return checkpoint_state(
             cfg, data, model, optimizer, scheduler, precision, state,
             tracker, stopper, guard, best_weights,
         )  # fmt: skip
@@ -186,7 +176,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     def save_last() -> None:
         if ckpt.save_last and dist.is_main:
             with stop.saving():
-                save_checkpoint(checkpoint_state(), run_dir / "checkpoints" / "last.pt")
+                save_checkpoint(current_state(), run_dir / "checkpoints" / "last.pt")
 
     def export(path: Path) -> None:
         meta = {"format": "pt", "epoch": str(state.epoch), "step": str(state.step)}
@@ -306,7 +296,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                 log.log("epoch", state.step, epoch_metrics)
                 progress.epoch_end(state.epoch, state.step, epoch_metrics)
                 if dist.is_main:
-                    tracker.update(epoch_metrics, state.epoch, state.step, checkpoint_state, export)
+                    tracker.update(epoch_metrics, state.epoch, state.step, current_state, export)
                 stopping = stopper is not None and stopper.should_stop
                 if state.epoch % ckpt.every_n_epochs == 0 or last_epoch or stopping:
                     save_last()
@@ -347,7 +337,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     )
     if test_metrics:
         log.log("test", state.step, test_metrics)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    total_params, trainable_params = count_parameters(model)
     summary = {
         "status": status,
         "stop_reason": stop_reason,
@@ -362,9 +352,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         else {**stopper.state_dict(), "restored_best_weights": best_weights is not None},
         "test": test_metrics,
         "params": {
-            "total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "frozen": frozen,
+            "total": total_params,
+            "trainable": trainable_params,
+            "frozen": total_params - trainable_params,
         },
         "nonfinite": {"skipped_steps": guard.skipped, "amp_skipped_steps": int(guard.amp_skips)},
         "device": str(device),
@@ -604,146 +594,3 @@ def _nan_failure(
         "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "
         f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
     )
-
-
-def _data_order(batches: Batches, epoch: int) -> int | None:
-    """A fingerprint (crc32) of the epoch's sample order: resume is exact only if it is unchanged."""
-    indices = getattr(batches, "_indices", None)
-    if indices is None:
-        return None
-    cached = getattr(batches, "_order_crc", None)  # one permutation per epoch, not one per save
-    if cached is not None and cached[0] == epoch:
-        return cached[1]
-    previous = getattr(batches, "epoch", epoch)
-    batches.set_epoch(epoch)
-    try:
-        crc = zlib.crc32(indices().to(torch.int64).cpu().numpy().tobytes())
-    finally:
-        batches.set_epoch(previous)
-    batches._order_crc = (epoch, crc)  # type: ignore[attr-defined]
-    return crc
-
-
-def _checkpoint_state(
-    cfg, data, model, optimizer, scheduler, precision, state: Progress,
-    tracker, stopper, guard, best_weights,
-) -> dict[str, Any]:  # fmt: skip
-    spec = data.spec
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": precision.scaler.state_dict(),
-        "progress": asdict(state),
-        "checkpoint_tracker": tracker.state_dict(),
-        "early_stopping": stopper.state_dict() if stopper is not None else None,
-        "early_stopping_best_weights": best_weights,
-        "nan_guard": guard.state_dict(),
-        "rng": rng_state(),
-        "data_order": {
-            "seed": cfg.seed,
-            "epoch": state.epoch,
-            "crc32": _data_order(data.train, state.epoch),
-        },
-        "config": to_dict(cfg),
-        "data_spec": {
-            "task": spec.task,
-            "input_shape": list(spec.input_shape),
-            "num_classes": spec.num_classes,
-            "target_shape": list(spec.target_shape),
-        },
-        # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
-        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
-    }
-
-
-def _load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint to continue from (None: start fresh), read with weights_only=True."""
-    path = distributed.broadcast(_resume_path(cfg, resume))  # under DDP rank 0 decides
-    if path is None:
-        return None, None
-    saved = {} if path.suffix == ".safetensors" else load_checkpoint(path)
-    for key in ("model", "progress", "optimizer", "scaler", "rng"):
-        if key not in saved:
-            raise UserError(
-                f"cannot resume from {path}: it has no '{key}' (a weights-only file?). "
-                "To start a new run from its weights, use model.init_from instead of --resume."
-            )
-    return saved, path
-
-
-def _resume_path(cfg: Config, resume: str | None) -> Path | None:
-    """`auto`: the newest run of this config name that has a last.pt (None: start fresh); else a path."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        base = cfg.logging.run_dir / (cfg.logging.name or "run")
-        candidates = sorted(base.glob("*/checkpoints/last.pt"), key=_run_order)
-        return candidates[-1] if candidates else None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise UserError(
-            f"--resume {resume}: no checkpoint there. Give a last.pt file, a run directory, or 'auto'."
-        )
-    return path
-
-
-def _run_order(last: Path) -> tuple[str, int]:
-    """Run directories are <timestamp>[-N]: order by timestamp, then N as a number (-10 after -9)."""
-    parts = last.parent.parent.name.split("-")
-    suffix = parts[2] if len(parts) > 2 and parts[2].isdigit() else "0"
-    return "-".join(parts[:2]), int(suffix)
-
-
-def _run_dir_of(checkpoint: Path | None) -> Path | None:
-    """A checkpoint inside <run>/checkpoints/ continues that run; one from elsewhere starts a new run directory."""
-    if checkpoint is None or checkpoint.parent.name != "checkpoints":
-        return None
-    return checkpoint.parent.parent
-
-
-def _restore(
-    saved, path, cfg, data, model, optimizer, scheduler, precision, console
-) -> tuple[Progress, dict[str, torch.Tensor] | None]:
-    old_cfg, new_cfg = saved.get("config", {}), to_dict(cfg)
-    for section in ("model", "data"):
-        if old_cfg.get(section) != new_cfg.get(section):
-            changed = sorted(
-                k
-                for k in {*old_cfg.get(section, {}), *new_cfg.get(section, {})}
-                if old_cfg.get(section, {}).get(k) != new_cfg.get(section, {}).get(k)
-            )
-            raise UserError(
-                f"cannot resume from {path}: the config's '{section}' section differs from the checkpoint's "
-                f"({', '.join(f'{section}.{k}' for k in changed)}). Resume with the same model and data "
-                "(limits such as trainer.max_epochs may change), or start a new run (model.init_from can start from its weights)."
-            )
-    model.load_state_dict(model_state(saved, path))
-    try:
-        optimizer.load_state_dict(saved["optimizer"])
-    except (ValueError, KeyError) as err:
-        raise UserError(
-            f"cannot resume from {path}: the optimizer state does not fit ({err}). Was optimizer.name or model.freeze changed?"
-        ) from None
-    if scheduler is not None and saved.get("scheduler") is not None:
-        scheduler.load_state_dict(saved["scheduler"])
-    precision.scaler.load_state_dict(saved["scaler"])
-    set_rng_state(saved["rng"])
-    state = Progress(**saved["progress"])
-    versions = saved.get("versions", {})
-    if versions.get("torch") not in (None, torch.__version__):
-        console.print(
-            f"[yellow]warning:[/yellow] {path} was written by torch {versions['torch']}, this is {torch.__version__}: "
-            "the run continues, but bit-exact continuation is not guaranteed."
-        )
-    order = saved.get("data_order", {}).get("crc32")
-    if order is not None and order != _data_order(data.train, state.epoch):
-        console.print(
-            "[yellow]warning:[/yellow] the data order of this epoch differs from the checkpoint's "
-            "(another torch version?): the resumed run will not reproduce the original exactly."
-        )
-    es = cfg.trainer.early_stopping
-    keep = es is not None and es.restore_best_weights  # the resumed config decides
-    return state, saved.get("early_stopping_best_weights") if keep else None

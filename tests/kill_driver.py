@@ -114,7 +114,7 @@ def wait_for_checkpoint(child: int | subprocess.Popen, runs: Path, since: int) -
 
 
 def newest_last(runs: Path) -> Path | None:
-    from bptrain.train import _run_order
+    from bptrain.resume import _run_order
 
     found = sorted(runs.glob("*/checkpoints/last.pt"), key=_run_order)
     return found[-1] if found else None
@@ -132,8 +132,8 @@ def main() -> int:
     # before the children are done with it, so forked children never inherit a busy thread pool.
     import torch._dynamo  # noqa: F401  (torch.optim imports it lazily: ~2 s per child otherwise)
 
+    import bptrain.train  # noqa: F401  (import the whole stack once, before forking)
     from bptrain.checkpoint import load_checkpoint
-    from bptrain.train import _run_order  # noqa: F401  (import the whole stack once, before forking)
 
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
