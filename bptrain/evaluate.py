@@ -8,7 +8,7 @@ from torch import nn
 from bptrain import distributed
 from bptrain.data import Batches
 from bptrain.losses import Objective
-from bptrain.runtime import Precision
+from bptrain.runtime import Precision, sum_dtype
 
 
 @torch.inference_mode()
@@ -25,7 +25,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = precision.device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=device, dtype=sum_dtype(device))
     correct = torch.zeros((), device=device, dtype=torch.int64)
     samples = targets = 0  # targets > samples with per-step labels: accuracy is per label
     for x, y in batches:
@@ -33,16 +33,16 @@ def evaluate(
         with precision.autocast():
             output = model(x)
         output = output.float()
-        loss_sum += objective.loss(output, y).double() * len(x)
+        loss_sum += objective.loss(output, y).to(loss_sum.dtype) * len(x)
         hits = objective.correct(output, y)
         if hits is not None:
             correct += hits
         samples += len(x)
         targets += y.numel() if objective.task == "classification" else len(x)
     model.train(was_training)
-    counts = torch.tensor([samples, targets], device=device, dtype=torch.float64)
+    counts = torch.tensor([samples, targets], device=device, dtype=loss_sum.dtype)
     totals = distributed.all_reduce_sum(
-        torch.cat([torch.stack([loss_sum, correct.double()]), counts])
+        torch.cat([torch.stack([loss_sum, correct.to(loss_sum.dtype)]), counts])
     )
     loss_total, correct_total, samples, targets = totals.tolist()
     metrics = {f"{prefix}/loss": loss_total / max(samples, 1)}

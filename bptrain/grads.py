@@ -145,8 +145,9 @@ class LogStepRecorder:
     forward pass, the step also keeps samples of activations, gradients and weights for histograms.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, grad_norms: bool = True) -> None:
         self.model = model
+        self.grad_norms = grad_norms  # False: histograms only, no per-layer scalars
         self.monitor = GradFlowMonitor(model)
         self.stats: dict[str, Tensor] = {}
         self.histograms: dict[str, Tensor] = {}
@@ -169,8 +170,9 @@ class LogStepRecorder:
                 self._hooks.append(module.register_forward_hook(keep(name)))
 
     def before_update(self) -> None:
-        self.stats = self.monitor.grad_stats()
-        self.monitor.snapshot_weights()
+        if self.grad_norms:
+            self.stats = self.monitor.grad_stats()
+            self.monitor.snapshot_weights()
         if self._armed:
             for handle in self._hooks:
                 handle.remove()
@@ -180,7 +182,8 @@ class LogStepRecorder:
                     self.histograms[f"gradients/{name}"] = _sample(param.grad)
 
     def after_update(self) -> None:
-        self.stats.update(self.monitor.update_ratios())
+        if self.grad_norms:
+            self.stats.update(self.monitor.update_ratios())
         if any(k.startswith("gradients/") for k in self.histograms):
             for name, param in self.model.named_parameters():
                 self.histograms[f"weights/{name}"] = _sample(param)

@@ -78,6 +78,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Running sums of losses and counts: float64, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @dataclass
 class Precision:
     """Autocast and gradient scaling for one `trainer.precision` setting.

@@ -66,7 +66,7 @@ from bptrain.resume import (
     run_dir_of,
 )
 from bptrain.runlog import RunLog, create_run_dir, write_json
-from bptrain.runtime import Precision, seed_everything
+from bptrain.runtime import Precision, seed_everything, sum_dtype
 from bptrain.summary import count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init, freeze, init_from
 
@@ -158,7 +158,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
     stop = StopFlag()
     # per-layer gradient norms and update ratios at log steps, for TensorBoard only
     layer_recorder = (
-        LogStepRecorder(model)
+        LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
         if (cfg.logging.grad_norms or cfg.logging.histograms)
         and cfg.logging.tensorboard
         and dist.is_main
@@ -198,7 +198,9 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
             ):
                 model.train()
                 data.train.set_epoch(state.epoch)
-                epoch_loss = torch.tensor(state.epoch_loss_sum, device=device, dtype=torch.float64)
+                epoch_loss = torch.tensor(
+                    state.epoch_loss_sum, device=device, dtype=sum_dtype(device)
+                )
                 for window in _windows(data.train, accumulate, skip=state.batch_in_epoch):
                     log_now = (state.step + 1) % cfg.logging.log_every_n_steps == 0
                     if (
@@ -220,7 +222,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                     )
                     # a step skipped by nan_policy skip adds nothing to train/loss
                     if not guard.last_skipped:
-                        epoch_loss += window_loss.double() * window_samples
+                        epoch_loss += window_loss.to(epoch_loss.dtype) * window_samples
                         state.epoch_samples += window_samples
                     state.batch_in_epoch += len(window)
                     state.step += 1
@@ -235,11 +237,7 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
                         step_metrics = _step_metrics(
                             state, window_loss, grad_norm, optimizer, precision, guard
                         )
-                        layer_stats = (
-                            layer_recorder.take()
-                            if layer_recorder and cfg.logging.grad_norms
-                            else {}
-                        )
+                        layer_stats = layer_recorder.take() if layer_recorder else {}
                         clip = cfg.trainer.grad_clip
                         if clip is not None and clip.max_norm is not None:  # what clipping left
                             layer_stats["grad_norm_clipped"] = min(

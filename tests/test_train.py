@@ -244,3 +244,11 @@ def test_quickstart_config_trains_a_good_digit_classifier(tmp_path):
     )
     summary = fit(cfg, QUIET)
     assert summary["final"]["val/acc"] > 0.95 and summary["test"]["test/acc"] > 0.95
+
+
+def test_running_sums_avoid_float64_on_mps():
+    """MPS has no float64: loss and count sums fall back to float32 there, float64 elsewhere."""
+    from bptrain.runtime import sum_dtype
+
+    assert sum_dtype(torch.device("mps")) == torch.float32
+    assert sum_dtype(torch.device("cpu")) == torch.float64
