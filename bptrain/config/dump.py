@@ -1,0 +1,43 @@
+"""Writing configs out: plain data, YAML with every default spelled out, and the JSON Schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from bptrain.config.schema import Config
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, flow-style lists of plain values ([64, 64])."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(v, dict | list) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def _tag_first(value: Any) -> Any:
+    if isinstance(value, dict):
+        ordered = {k: value[k] for k in ("name", "source", "class_path") if k in value}
+        ordered.update({k: _tag_first(v) for k, v in value.items() if k not in ordered})
+        return ordered
+    return value
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain JSON-compatible data, variant names first."""
+    return _tag_first(config.model_dump(mode="json"))
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config, every default spelled out, as YAML (for config.yaml and `config show`)."""
+    return yaml.dump(to_dict(config), Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def json_schema() -> dict[str, Any]:
+    return Config.model_json_schema()

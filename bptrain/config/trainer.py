@@ -1,0 +1,135 @@
+"""The ``trainer`` and ``logging`` sections: how long and how to train, and what to record."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from bptrain.config.base import Section
+
+# --------------------------------------------------------------------------- trainer
+
+
+class GradClip(Section):
+    max_norm: float | None = Field(None, gt=0.0)
+    """Rescale gradients so their total norm is at most this (computed after AMP unscaling)."""
+    norm_type: float = Field(2.0, gt=0.0)
+    """Which p-norm max_norm refers to (inf allowed as .inf)."""
+    max_value: float | None = Field(None, gt=0.0)
+    """Clamp every gradient element to [-max_value, max_value]."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GradClip:
+        if (self.max_norm is None) == (self.max_value is None):
+            raise ValueError("set exactly one of grad_clip.max_norm or grad_clip.max_value")
+        return self
+
+
+class CheckpointConfig(Section):
+    """What goes under <run>/checkpoints/ and when (see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric that ranks checkpoints (best.pt, top-k files) and summary.json's `best`, e.g. val/loss or val/acc."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values of `monitor` are better."""
+    save_top_k: int = Field(0, ge=-1)
+    """Keep the k best checkpoints as epoch=E-step=S-<monitor>=V.pt files (0: none besides best.pt, -1: every validation)."""
+    save_best: bool = True
+    """Maintain best.pt (+ best.safetensors): the checkpoint with the best `monitor` value so far."""
+    save_last: bool = True
+    """Write last.pt (what --resume continues from). Turning it off makes runs impossible to resume."""
+    every_n_epochs: int = Field(1, ge=1)
+    """Write last.pt every N epochs (always also after the final epoch and on a stop signal)."""
+    every_n_steps: int | None = Field(None, ge=1)
+    """Also write last.pt every N optimizer steps, mid-epoch (for long epochs and preemptible jobs)."""
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when `monitor` stops improving (Keras/Lightning semantics; see docs/checkpointing.md)."""
+
+    monitor: str = "val/loss"
+    """Metric to watch; checked after each validation (or each epoch for train/* metrics)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether lower (min) or higher (max) values are better."""
+    patience: int = Field(3, ge=0)
+    """Validations in a row without improvement before stopping (counts validations, not epochs)."""
+    min_delta: float = Field(0.0, ge=0.0)
+    """An improvement must beat the best value by more than this (strictly). Negative values are refused."""
+    baseline: float | None = None
+    """The wait counter only resets once the metric beats this value (Keras `baseline`)."""
+    start_from_epoch: int = Field(0, ge=0)
+    """Ignore the validations of the first N epochs (warm-up)."""
+    restore_best_weights: bool = False
+    """At the end of the run (early stop or max_epochs/max_steps), load the weights of the best validation before testing and exporting."""
+    check_finite: bool = True
+    """Stop at once when the monitored value is NaN or infinite (Lightning); false counts it as no improvement (Keras)."""
+
+
+class TrainerConfig(Section):
+    max_epochs: int = Field(10, ge=1)
+    """Stop after this many epochs."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps, even mid-epoch (whichever limit comes first)."""
+    device: str = "auto"
+    """auto (cuda if available, then mps, else cpu), cpu, cuda, cuda:N or mps."""
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    """32: float32. bf16: autocast to bfloat16. fp16: autocast to float16 with a dynamic GradScaler (on CPU too)."""
+    grad_clip: GradClip | None = None
+    """Gradient clipping: {max_norm: 1.0} (optionally norm_type) or {max_value: 0.5}. null disables it."""
+    accumulate_grad_batches: int = Field(1, ge=1)
+    """Micro-batches per optimizer step. The gradient equals that of one batch this many times larger."""
+    val_every_n_epochs: int = Field(1, ge=1)
+    """Validate every N epochs (and always after the last)."""
+    deterministic: bool = False
+    """Use deterministic algorithms (slower on GPU; CPU runs are reproducible anyway)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    strategy: Literal["auto", "ddp"] = "auto"
+    """Multi-process training. auto: DistributedDataParallel when started by torchrun, `bptrain fit --nproc N` or srun with more than one process, else one process. ddp: also for a one-process launch, and refuse to run unlaunched. See docs/cluster.md."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Checkpoint files and cadence."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when a metric stops improving; null (default) trains to max_epochs/max_steps."""
+    nan_policy: Literal["stop", "skip", "ignore"] = "stop"
+    """On a non-finite loss or gradient: stop (write nan_report.json, keep the last good checkpoint, exit 1), skip the optimizer step (at most max_skipped_steps times), or ignore."""
+    max_skipped_steps: int = Field(10, ge=0)
+    """With nan_policy skip: stop (as `stop` does) once more steps than this were skipped in the run."""
+    activation_checkpointing: bool = False
+    """Gradient checkpointing for the built-in mlp, cnn, cnn1d and transformer: keep only each block's input in the forward pass and recompute the block's activations in the backward pass. Less memory, about one extra forward pass of compute."""
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class LoggingConfig(Section):
+    run_dir: Path = Path("runs")
+    """Parent directory of run directories: each run writes <run_dir>/<name>/<timestamp>/."""
+    name: str | None = None
+    """Run name; defaults to the config file's name."""
+    tensorboard: bool = True
+    """Write TensorBoard events under <run>/tb/."""
+    log_every_n_steps: int = Field(50, ge=1)
+    """Interval of the step lines in metrics.jsonl (train/loss, lr, grad_norm) and of the plain-text progress."""
+    grad_norms: bool = True
+    """Log to TensorBoard every log_every_n_steps: per-layer gradient norms (after AMP unscaling, before clipping), non-finite gradient counts, update-to-weight ratios, and the clipped total norm."""
+    histograms: bool = False
+    """Also write TensorBoard histograms of weights, gradients and activations (the outputs of parameter-free modules such as activations) every histogram_every_n_steps."""
+    histogram_every_n_steps: int = Field(500, ge=1)
+    """Interval of the histograms (they cost far more than scalars); rounded to a log step."""
+    progress: Literal["auto", "rich", "plain", "off"] = "auto"
+    """Console progress: auto is a live bar on a terminal and one plain line per log interval otherwise (batch jobs, CI)."""
