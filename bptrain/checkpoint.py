@@ -9,7 +9,7 @@ the previous file is intact.
 Loading uses ``torch.load(weights_only=True)`` and nothing else: only tensors and
 plain Python containers are unpickled, so a crafted file cannot run code.
 
-What a checkpoint holds is assembled by the loop (``train._checkpoint_state``);
+What a checkpoint holds is defined in ``run_state.py`` (``RunState``);
 ``CheckpointTracker`` decides which validations become best.pt and top-k files.
 See docs/checkpointing.md.
 """

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bptrain.components import build_components
 from bptrain.config import Config
 from bptrain.errors import UserError
 from bptrain.evaluate import evaluate
 from bptrain.runtime import Precision, resolve_device, seed_everything
-from bptrain.setup import build_setup
 from bptrain.transfer import load_into, load_weights
 
 __all__ = ["evaluate_checkpoint", "load_into", "load_weights"]
@@ -18,10 +18,9 @@ __all__ = ["evaluate_checkpoint", "load_into", "load_weights"]
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, deterministic=False)
-    setup = build_setup(
-        cfg, device, transfer=False
-    )  # the checkpoint's weights replace any init_from
-    data, objective, model = setup.data, setup.objective, setup.model
+    # the checkpoint's weights replace any init_from
+    parts = build_components(cfg, device, init_weights=False)
+    data, objective, model = parts.data, parts.objective, parts.model
     load_into(model, load_weights(checkpoint), checkpoint)
     batches = data.val if split == "val" else data.test
     if batches is None:

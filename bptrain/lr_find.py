@@ -20,12 +20,12 @@ from typing import Any
 
 from rich.console import Console
 
+from bptrain.components import build_components
 from bptrain.config import Config
 from bptrain.errors import UserError
 from bptrain.optim import build_optimizer
 from bptrain.runlog import create_run_dir
 from bptrain.runtime import Precision, resolve_device, seed_everything
-from bptrain.setup import build_setup
 from bptrain.train import train_step
 
 
@@ -63,8 +63,8 @@ def range_test(
         raise UserError(f"lr-find --smoothing must be in [0, 1), got {smoothing}.")
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    setup = build_setup(cfg, device)
-    data, objective, model = setup.data, setup.objective, setup.model
+    parts = build_components(cfg, device)
+    data, objective, model = parts.data, parts.objective, parts.model
     optimizer = build_optimizer(cfg.optimizer, model)
     precision = Precision.create(cfg.trainer.precision, device)
     lrs = lr_schedule(start_lr, end_lr, steps)
@@ -95,7 +95,9 @@ def _record(
     for step, (lr, batch) in enumerate(zip(lrs, _forever(batches), strict=False)):
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, _, _ = train_step(model, [batch], objective, optimizer, precision, cfg)
+        loss = train_step(
+            model, [batch], objective, optimizer, precision, cfg.trainer.grad_clip
+        ).loss
         value = float(loss)
         result.lrs.append(lr)
         result.losses.append(value)

@@ -1,4 +1,4 @@
-"""The training loop. Read ``fit`` top to bottom: setup, the epoch loop, the finish.
+"""The training loop. Read ``fit`` top to bottom: build the run, the epoch loop, the finish.
 
 Order of operations in one optimizer step (see ``train_step``):
 
@@ -15,9 +15,13 @@ Order of operations in one optimizer step (see ``train_step``):
 Host syncs (``.item()``, ``.tolist()``) happen only at log steps and epoch ends:
 on a GPU each one stalls the pipeline.
 
-Checkpoints (``checkpoint.py``) are written at step boundaries only: every
-``every_n_steps``, at epoch ends, and when a stop signal was flagged
-(``faults.StopFlag``), so a resumed run continues at exactly the same micro-batch.
+Checkpoints (``checkpoint.py`` writes them, ``run_state.py`` says what they hold) are
+written at step boundaries only: every ``every_n_steps``, at epoch ends, and when a stop
+signal was flagged (``faults.StopFlag``), so a resumed run continues at exactly the same
+micro-batch.
+
+Everything a run is made of (model, optimizer, trackers, run directory, ...) is built once
+by ``build_run`` into a ``Run``; ``fit`` is the loop over it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from __future__ import annotations
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from rich.console import Console
@@ -40,8 +45,9 @@ from bptrain.checkpoint import (
     save_checkpoint,
     save_safetensors,
 )
-from bptrain.config import Config, to_yaml
-from bptrain.data import Batches, build_data
+from bptrain.components import build_components
+from bptrain.config import Config, GradClip, LoggingConfig, to_yaml
+from bptrain.data import Batches, DataBundle
 from bptrain.early_stopping import EarlyStopping
 from bptrain.errors import TrainingError, UserError
 from bptrain.evaluate import evaluate
@@ -54,95 +60,233 @@ from bptrain.faults import (
     total_norm,
 )
 from bptrain.grads import LogStepRecorder
-from bptrain.losses import Objective, build_objective
-from bptrain.models import build_model, takes_token_ids
+from bptrain.losses import Objective
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.progress import ConsoleProgress
-from bptrain.resume import (
-    Progress,
-    checkpoint_state,
-    load_resume,
-    restore,
-    run_dir_of,
-)
+from bptrain.resume import load_resume, run_dir_of, version_warning
+from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
 from bptrain.runlog import RunLog, create_run_dir, write_json
 from bptrain.runtime import Precision, seed_everything, sum_dtype
 from bptrain.summary import count_parameters, print_run_header, print_summary
-from bptrain.transfer import describe_init, freeze, init_from
+from bptrain.transfer import describe_init
 
-__all__ = ["Interrupted", "Progress", "fit", "train_step"]
+__all__ = ["Interrupted", "Run", "StepResult", "build_run", "fit", "train_step"]
 
 
 def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
     """Train as the config says; return the summary (also written to summary.json)."""
-    # ------------------------------------------------------------------ setup
+    run = build_run(cfg, console, resume)
+    loop, accumulate = run.loop, cfg.trainer.accumulate_grad_batches
+    progress = ConsoleProgress(console, run.progress_mode, run.total_steps)
+    started = time.perf_counter()
+    epoch_metrics: dict[str, Any] = {}
+    try:
+        with run.stop.installed():
+            while not run.finished():
+                run.model.train()
+                run.data.train.set_epoch(loop.epoch)
+                epoch_loss = torch.tensor(
+                    loop.epoch_loss_sum, device=run.device, dtype=sum_dtype(run.device)
+                )
+                stopping: int | None = None  # the stop signal, once every rank agreed on it
+                for window in _windows(run.data.train, accumulate, skip=loop.batch_in_epoch):
+                    log_now = (loop.step + 1) % cfg.logging.log_every_n_steps == 0
+                    if (
+                        log_now
+                        and run.recorder is not None
+                        and _histogram_step(loop.step + 1, cfg.logging)
+                    ):
+                        run.recorder.arm_histograms()
+                    result = train_step(
+                        run.forward,
+                        window,
+                        run.objective,
+                        run.optimizer,
+                        run.precision,
+                        cfg.trainer.grad_clip,
+                        measure_grad_norm=log_now,
+                        guard=run.guard,
+                        layers=run.recorder,
+                    )
+                    if not run.guard.last_skipped:  # a skipped step adds nothing to train/loss
+                        epoch_loss += result.loss.to(epoch_loss.dtype) * result.samples
+                        loop.epoch_samples += result.samples
+                    loop.batch_in_epoch += len(window)
+                    loop.step += 1
+                    run.step_schedule()
+                    step_metrics = _log_step(run, result) if log_now else None
+                    progress.step(loop.step, loop.epoch + 1, step_metrics)
+                    # every rank stops after the same step, even if only some got the signal
+                    stopping = distributed.agree_on_signal(run.stop.signum)
+                    if stopping is not None or loop.step >= run.total_steps:
+                        break
+                    if run.checkpoint_due_mid_epoch():
+                        loop.epoch_loss_sum = float(epoch_loss)
+                        run.save_last()
+                loop.epoch_loss_sum = float(epoch_loss)
+                if stopping is not None:  # save where we are: resume continues from here
+                    raise _interrupted(run, stopping)
+                epoch_metrics = _end_of_epoch(run, progress, started)
+    except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
+        run.log.log(
+            "event", loop.step, {"event": "interrupted", "signal": "SIGINT", "saved": False}
+        )
+        raise Interrupted(signal.SIGINT, run.run_dir, saved=False, step=loop.step) from None
+    except NonFinite as err:
+        raise _nan_failure(err, run) from None
+    except OSError as err:  # metrics.jsonl, TensorBoard: a full disk is the usual suspect
+        last = run.run_dir / "checkpoints" / "last.pt"
+        raise TrainingError(
+            f"I/O error while training: {err}. "
+            f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
+        ) from None
+    finally:
+        progress.close()
+    return _finish(run, epoch_metrics, started)
+
+
+@dataclass
+class Run:
+    """Everything one training run is made of, built once by ``build_run``; ``fit`` loops over it."""
+
+    cfg: Config
+    dist: distributed.Dist
+    console: Console
+    data: DataBundle
+    objective: Objective
+    model: nn.Module  # what checkpoints save: never the DDP or compiled wrapper
+    forward: nn.Module  # what the loop calls: the model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    schedule_interval: str | None  # step | epoch | validation | None
+    precision: Precision
+    loop: LoopState
+    total_steps: int
+    guard: NonFiniteGuard
+    tracker: CheckpointTracker
+    stopper: EarlyStopping | None
+    best_weights: BestWeights
+    state: RunState  # the checkpoint contract: key -> the part above that owns that state
+    run_dir: Path
+    log: RunLog | distributed.NullLog
+    recorder: LogStepRecorder | None  # per-layer norms and histograms at log steps (TensorBoard)
+    stop: StopFlag
+    resumed_from: Path | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def progress_mode(self) -> str:
+        return self.cfg.logging.progress if self.dist.is_main else "off"
+
+    def finished(self) -> bool:
+        stopped = self.stopper is not None and self.stopper.should_stop
+        return stopped or self.limits_reached()
+
+    def limits_reached(self) -> bool:
+        return self.loop.epoch >= self.cfg.trainer.max_epochs or self.loop.step >= self.total_steps
+
+    def step_schedule(self) -> None:
+        """Step a per-step LR schedule. Past its horizon (an extended run) the LR stays at its
+        final value; onecycle would raise if stepped further."""
+        if self.schedule_interval == "step" and self.loop.step <= self.loop.schedule_steps:
+            self.scheduler.step()
+
+    def checkpoint_due_mid_epoch(self) -> bool:
+        every = self.cfg.trainer.checkpoint.every_n_steps
+        mid_epoch = self.loop.batch_in_epoch < len(self.data.train)
+        return bool(every) and self.loop.step % every == 0 and mid_epoch
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's contents now (see run_state.py)."""
+        self.guard.raise_if_failed()  # never save a model a lazily-detected NaN has poisoned
+        self.loop.metrics_bytes = self.log.jsonl.tell()
+        return self.state.save()
+
+    def save_last(self) -> None:
+        if self.cfg.trainer.checkpoint.save_last and self.dist.is_main:
+            with self.stop.saving():
+                save_checkpoint(self.checkpoint(), self.run_dir / "checkpoints" / "last.pt")
+
+    def export(self, path: Path) -> None:
+        """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
+        meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
+        save_safetensors(self.model.state_dict(), path, {**meta, "bptrain": bptrain.__version__})
+
+
+def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
+    """Setup, in order: processes and seeds, the checkpoint to resume, components, optimizer and
+    schedule, trackers, the restored state, the run directory and its log."""
     # one rank of a DDP job when a launcher (torchrun, --nproc, srun) started us, else one process
     dist = distributed.setup(cfg.trainer.device, cfg.trainer.strategy)
-    device = dist.device
     if not dist.is_main:  # rank 0 prints and writes; the others train silently
         console = Console(quiet=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
-    data = build_data(
-        cfg.data,
-        seed=cfg.seed,
-        device=device,
-        integer_inputs=takes_token_ids(cfg.model),
+    saved, checkpoint_path = load_resume(cfg, resume)  # refuses a changed model or data section
+    parts = build_components(
+        cfg,
+        dist.device,
+        init_weights=saved is None,  # resuming restores the weights anyway
         rank=dist.rank,
         world_size=dist.world_size,
     )
-    objective = build_objective(cfg.loss, data.spec)
-    model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
-    saved, checkpoint_path = load_resume(cfg, resume)
-    if saved is None and cfg.model.init_from is not None:  # resuming restores weights anyway
-        console.print(describe_init(init_from(model, cfg.model.init_from, cfg.model.init_strict)))
-    freeze(model, cfg.model.freeze)
-    model.to(device)
-    objective.loss_fn.to(device)
+    if parts.init_report is not None:
+        console.print(describe_init(parts.init_report))
+    model, data = parts.model, parts.data
     optimizer = build_optimizer(cfg.optimizer, model)
-    accumulate = cfg.trainer.accumulate_grad_batches
-    steps_per_epoch = math.ceil(len(data.train) / accumulate)
-    total_steps = cfg.trainer.max_epochs * steps_per_epoch
-    if cfg.trainer.max_steps is not None:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
+    total_steps = _total_steps(cfg, data.train)
     # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
-    horizon = saved["progress"]["schedule_steps"] if saved else total_steps
-    scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, horizon)
-    precision = Precision.create(cfg.trainer.precision, device)
+    loop = LoopState(schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps)
+    scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, loop.schedule_steps)
+    precision = Precision.create(cfg.trainer.precision, dist.device)
     forward = distributed.wrap(model, dist)  # DDP when distributed
-    forward = (
-        torch.compile(forward) if cfg.trainer.compile else forward
-    )  # checkpoints save `model`, never the DDP or compiled wrapper
+    forward = torch.compile(forward) if cfg.trainer.compile else forward
     _check_monitors(cfg, data)
 
-    state, best_weights = Progress(schedule_steps=total_steps), None
-    if saved is not None:  # best_weights: kept for early_stopping.restore_best_weights
-        state, best_weights = restore(
-            saved, checkpoint_path, cfg, data, model, optimizer, scheduler, precision, console
-        )
-    run_dir = run_dir_of(checkpoint_path)
-    if run_dir is not None and dist.is_main:
-        rewind_run_dir(run_dir, state.metrics_bytes)
-    elif run_dir is None:  # rank 0 names it, every rank writes into (rank 0) or reads from it
-        run_dir = distributed.broadcast(
-            _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
-            if dist.is_main
-            else None
-        )
-    ckpt, es_cfg = cfg.trainer.checkpoint, cfg.trainer.early_stopping
+    # a resumed run continues in its run directory; rank 0 names a new one, every rank uses it
+    run_dir = run_dir_of(checkpoint_path) or distributed.broadcast(
+        _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+        if dist.is_main
+        else None
+    )
+    ckpt, es = cfg.trainer.checkpoint, cfg.trainer.early_stopping
     tracker = CheckpointTracker(
         run_dir / "checkpoints", ckpt.monitor, ckpt.mode, ckpt.save_top_k, ckpt.save_best
     )
-    stopper = EarlyStopping.from_config(es_cfg) if es_cfg is not None else None
+    stopper = EarlyStopping.from_config(es) if es is not None else None
+    best_weights = BestWeights(enabled=es is not None and es.restore_best_weights)
     guard = NonFiniteGuard(
-        cfg.trainer.nan_policy, cfg.trainer.max_skipped_steps, device, precision.scaler.is_enabled()
+        cfg.trainer.nan_policy,
+        cfg.trainer.max_skipped_steps,
+        dist.device,
+        precision.scaler.is_enabled(),
     )
-    for part, owner in (
-        ("checkpoint_tracker", tracker),
-        ("early_stopping", stopper),
-        ("nan_guard", guard),
-    ):
-        if saved is not None and owner is not None and saved.get(part) is not None:
-            owner.load_state_dict(saved[part])
+    warn = lambda text: console.print(f"[yellow]warning:[/yellow] {text}")  # noqa: E731
+    state = RunState(
+        {
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "scaler": precision.scaler,
+            "progress": loop,
+            "checkpoint_tracker": tracker,
+            "early_stopping": stopper,
+            "early_stopping_best_weights": best_weights,
+            "nan_guard": guard,
+            "rng": RandomState(),
+            "data_order": DataOrder(cfg.seed, data.train, loop, warn),  # after progress: its epoch
+        },
+        cfg,
+        data.spec,
+    )
+    if saved is not None:
+        state.restore(saved, str(checkpoint_path))
+        if (note := version_warning(saved, checkpoint_path)) is not None:  # type: ignore[arg-type]
+            warn(note)
+        if dist.is_main and run_dir_of(checkpoint_path) is not None:
+            rewind_run_dir(run_dir, loop.metrics_bytes)  # drop what was logged after the checkpoint
     if dist.is_main:
         _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
     log = (
@@ -151,226 +295,38 @@ def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, A
         else distributed.NullLog()
     )
     print_run_header(
-        console, run_dir, model, data, device, cfg, total_steps, resumed_from=checkpoint_path
+        console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
     )
-    console.print(dist.describe(cfg.data.batch_size, accumulate))
-
-    stop = StopFlag()
-    # per-layer gradient norms and update ratios at log steps, for TensorBoard only
-    layer_recorder = (
+    console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
+    record_layers = (cfg.logging.grad_norms or cfg.logging.histograms) and cfg.logging.tensorboard
+    recorder = (
         LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
-        if (cfg.logging.grad_norms or cfg.logging.histograms)
-        and cfg.logging.tensorboard
-        and dist.is_main
+        if record_layers and dist.is_main
         else None
     )
-
-    def current_state() -> dict[str, Any]:
-        guard.raise_if_failed()  # never save a model a lazily-detected NaN has poisoned
-        state.metrics_bytes = log.jsonl.tell()
-        return checkpoint_state(
-            cfg, data, model, optimizer, scheduler, precision, state,
-            tracker, stopper, guard, best_weights,
-        )  # fmt: skip
-
-    def save_last() -> None:
-        if ckpt.save_last and dist.is_main:
-            with stop.saving():
-                save_checkpoint(current_state(), run_dir / "checkpoints" / "last.pt")
-
-    def export(path: Path) -> None:
-        meta = {"format": "pt", "epoch": str(state.epoch), "step": str(state.step)}
-        save_safetensors(model.state_dict(), path, {**meta, "bptrain": bptrain.__version__})
-
-    # ------------------------------------------------------------------ train
-    progress = ConsoleProgress(
-        console, cfg.logging.progress if dist.is_main else "off", total_steps
-    )
-    status, stop_reason, started = "completed", None, time.perf_counter()
-    stopping: int | None = None  # the stop signal, once every rank agreed on it
-    epoch_metrics: dict[str, float] = {}
-    try:
-        with stop.installed():
-            while (
-                state.epoch < cfg.trainer.max_epochs
-                and state.step < total_steps
-                and not (stopper is not None and stopper.should_stop)
-            ):
-                model.train()
-                data.train.set_epoch(state.epoch)
-                epoch_loss = torch.tensor(
-                    state.epoch_loss_sum, device=device, dtype=sum_dtype(device)
-                )
-                for window in _windows(data.train, accumulate, skip=state.batch_in_epoch):
-                    log_now = (state.step + 1) % cfg.logging.log_every_n_steps == 0
-                    if (
-                        log_now
-                        and layer_recorder is not None
-                        and _histogram_step(state.step + 1, cfg)
-                    ):
-                        layer_recorder.arm_histograms()
-                    window_loss, window_samples, grad_norm = train_step(
-                        forward,
-                        window,
-                        objective,
-                        optimizer,
-                        precision,
-                        cfg,
-                        measure_grad_norm=log_now,
-                        guard=guard,
-                        layers=layer_recorder,
-                    )
-                    # a step skipped by nan_policy skip adds nothing to train/loss
-                    if not guard.last_skipped:
-                        epoch_loss += window_loss.to(epoch_loss.dtype) * window_samples
-                        state.epoch_samples += window_samples
-                    state.batch_in_epoch += len(window)
-                    state.step += 1
-                    # past the schedule's horizon (an extended run) the LR stays at its final value;
-                    # onecycle would raise if stepped further
-                    if schedule_interval == "step" and state.step <= state.schedule_steps:
-                        scheduler.step()  # type: ignore[union-attr]
-
-                    if log_now:
-                        # train/loss averaged over ranks; grad_norm is of the synced gradients
-                        window_loss = distributed.mean_over_ranks(window_loss)
-                        step_metrics = _step_metrics(
-                            state, window_loss, grad_norm, optimizer, precision, guard
-                        )
-                        layer_stats = layer_recorder.take() if layer_recorder else {}
-                        clip = cfg.trainer.grad_clip
-                        if clip is not None and clip.max_norm is not None:  # what clipping left
-                            layer_stats["grad_norm_clipped"] = min(
-                                step_metrics["grad_norm"], clip.max_norm
-                            )
-                        log.log("step", state.step, step_metrics, tb_only=layer_stats)
-                        if layer_recorder is not None:
-                            log.histograms(state.step, layer_recorder.take_histograms())
-                        progress.step(state.step, state.epoch + 1, step_metrics)
-                    else:
-                        progress.step(state.step, state.epoch + 1)
-                    # every rank stops after the same step, even if only some got the signal
-                    stopping = distributed.agree_on_signal(stop.signum)
-                    if stopping is not None or state.step >= total_steps:
-                        break
-                    if (
-                        ckpt.every_n_steps
-                        and state.step % ckpt.every_n_steps == 0
-                        and state.batch_in_epoch < len(data.train)
-                    ):
-                        state.epoch_loss_sum = float(epoch_loss)
-                        save_last()
-                state.epoch_loss_sum = float(epoch_loss)
-                if stopping is not None:  # save where we are: resume continues from here
-                    save_last()
-                    name = signal.Signals(stopping).name
-                    log.log("event", state.step, {"event": "interrupted", "signal": name})
-                    raise Interrupted(stopping, run_dir, saved=ckpt.save_last, step=state.step)
-
-                # -------------------------------------------------- end of epoch
-                loss_sum, samples = distributed.sum_over_ranks(
-                    state.epoch_loss_sum, state.epoch_samples
-                )
-                epoch_metrics = {"epoch": state.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
-                guard.check_epoch_loss(epoch_metrics["train/loss"])
-                state.epoch += 1
-                state.batch_in_epoch, state.epoch_loss_sum, state.epoch_samples = 0, 0.0, 0
-                last_epoch = state.epoch >= cfg.trainer.max_epochs or state.step >= total_steps
-                validated = data.val is not None and (
-                    state.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
-                )
-                if validated:
-                    epoch_metrics.update(evaluate(model, data.val, objective, precision, "val"))
-                    if scheduler is not None and schedule_interval == "validation":
-                        scheduler.step(_monitored(epoch_metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
-                if scheduler is not None and schedule_interval == "epoch":
-                    scheduler.step()
-                epoch_metrics["lr"] = optimizer.param_groups[0]["lr"]
-                epoch_metrics["time"] = round(time.perf_counter() - started, 3)
-                if stopper is not None and (validated or not stopper.monitor.startswith("val/")):
-                    best_weights = _early_stopping(
-                        stopper, es_cfg, epoch_metrics, model, best_weights
-                    )
-                log.log("epoch", state.step, epoch_metrics)
-                progress.epoch_end(state.epoch, state.step, epoch_metrics)
-                if dist.is_main:
-                    tracker.update(epoch_metrics, state.epoch, state.step, current_state, export)
-                stopping = stopper is not None and stopper.should_stop
-                if state.epoch % ckpt.every_n_epochs == 0 or last_epoch or stopping:
-                    save_last()
-    except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
-        log.log("event", state.step, {"event": "interrupted", "signal": "SIGINT", "saved": False})
-        raise Interrupted(signal.SIGINT, run_dir, saved=False, step=state.step) from None
-    except NonFinite as err:
-        raise _nan_failure(err, run_dir, state, cfg, log) from None
-    except OSError as err:  # metrics.jsonl, TensorBoard: a full disk is the usual suspect
-        last = run_dir / "checkpoints" / "last.pt"
-        raise TrainingError(
-            f"I/O error while training: {err}. "
-            f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
-        ) from None
-    finally:
-        progress.close()
-
-    # ------------------------------------------------------------------ finish
-    if stopper is not None and stopper.should_stop:
-        status, stop_reason = "early_stopped", f"early stopping: {stopper.reason}"
-        console.print(
-            f"[bold]early stopping[/bold] at epoch {stopper.stopped_epoch}: {stopper.reason}"
-        )
-        log.log("event", state.step, {"event": "early_stopped", **stopper.state_dict()})
-    else:
-        stop_reason = (
-            "max_epochs reached" if state.epoch >= cfg.trainer.max_epochs else "max_steps reached"
-        )
-    if best_weights is not None:  # early_stopping.restore_best_weights, however the run ended
-        model.load_state_dict(best_weights)
-        console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
-    if dist.is_main:
-        export(
-            run_dir / "checkpoints" / "last.safetensors"
-        )  # the final model: what test/* measures
-    test_metrics = (
-        evaluate(model, data.test, objective, precision, "test") if data.test is not None else None
-    )
-    if test_metrics:
-        log.log("test", state.step, test_metrics)
-    total_params, trainable_params = count_parameters(model)
-    summary = {
-        "status": status,
-        "stop_reason": stop_reason,
-        "run_dir": str(run_dir),
-        "epochs": state.epoch,
-        "steps": state.step,
-        "wall_time_s": round(time.perf_counter() - started, 3),
-        "final": epoch_metrics,
-        "best": tracker.summary(),
-        "early_stopping": None
-        if stopper is None
-        else {**stopper.state_dict(), "restored_best_weights": best_weights is not None},
-        "test": test_metrics,
-        "params": {
-            "total": total_params,
-            "trainable": trainable_params,
-            "frozen": total_params - trainable_params,
-        },
-        "nonfinite": {"skipped_steps": guard.skipped, "amp_skipped_steps": int(guard.amp_skips)},
-        "device": str(device),
-        "distributed": dist.summary(cfg.data.batch_size, accumulate),
-        "precision": cfg.trainer.precision,
-        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
-    }
-    if dist.is_main:
-        write_json(run_dir / "summary.json", summary)
-    log.close()
-    print_summary(console, summary)
-    return summary
+    return Run(
+        cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective, model=model,
+        forward=forward, optimizer=optimizer, scheduler=scheduler,
+        schedule_interval=schedule_interval, precision=precision, loop=loop,
+        total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
+        best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
+        stop=StopFlag(), resumed_from=checkpoint_path,
+    )  # fmt: skip
 
 
-def _histogram_step(step: int, cfg: Config) -> bool:
-    """Histograms at the first log step of every histogram_every_n_steps interval."""
-    every, log_every = cfg.logging.histogram_every_n_steps, cfg.logging.log_every_n_steps
-    return cfg.logging.histograms and step % max(every // log_every * log_every, log_every) == 0
+def _total_steps(cfg: Config, train: Batches) -> int:
+    steps_per_epoch = math.ceil(len(train) / cfg.trainer.accumulate_grad_batches)
+    total = cfg.trainer.max_epochs * steps_per_epoch
+    return total if cfg.trainer.max_steps is None else min(total, cfg.trainer.max_steps)
+
+
+class StepResult(NamedTuple):
+    """What one optimizer step reports. The norms stay on the device (read only at log steps)."""
+
+    loss: torch.Tensor  # mean loss over the window's samples
+    samples: int
+    grad_norm: torch.Tensor | None  # the true total norm: unscaled, before clipping
+    clipped_norm: torch.Tensor | None  # what clipping by norm left (None without clipping by norm)
 
 
 def train_step(
@@ -379,15 +335,14 @@ def train_step(
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
-    cfg: Config,
+    clip: GradClip | None,
     measure_grad_norm: bool = False,
     guard: NonFiniteGuard | None = None,
     layers: LogStepRecorder | None = None,
-) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+) -> StepResult:
     """One optimizer step over an accumulation window.
 
-    Returns (mean loss over the window's samples, number of samples, total gradient norm). The norm is the
-    true one, unscaled and before clipping; it is computed only when clipping by norm needs it anyway or when
+    The gradient norm is computed only when clipping by norm needs it anyway or when
     `measure_grad_norm` asks (at log steps), since it costs a pass over all gradients. At those
     steps `layers` (if given) also records per-layer gradient norms and update-to-weight ratios.
     """
@@ -414,31 +369,29 @@ def train_step(
     if isinstance(optimizer, torch.optim.LBFGS):
         # L-BFGS re-evaluates the loss several times per step, so the whole window runs inside a closure.
         # (fp16 is refused at config time: GradScaler cannot step closures.)
-        norms: list[torch.Tensor | None] = []
+        norms: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             loss = distributed.mean_over_ranks(forward_backward())  # the line search sees one loss
-            norms.append(clip_and_measure(model, cfg, measure_grad_norm))
+            norms.append(clip_and_measure(model, clip, measure_grad_norm))
             return loss
 
         loss = optimizer.step(closure)
         optimizer.zero_grad(set_to_none=True)
-        return loss, window_samples, norms[0]  # type: ignore[return-value]
+        return StepResult(loss, window_samples, *norms[0])  # type: ignore[arg-type]
 
     loss = forward_backward()
-    scaler.unscale_(
-        optimizer
-    )  # true gradients from here on: the norm and the clipping see real values
+    scaler.unscale_(optimizer)  # true gradients from here on: the norm and clipping see real values
     if layers is not None:
         layers.before_update()
-    grad_norm = clip_and_measure(model, cfg, measure_grad_norm)
+    grad_norm, clipped_norm = clip_and_measure(model, clip, measure_grad_norm)
     if guard is not None and not guard.step_ok(
         loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], objective.loss)
     ):  # nan_policy skip: no update for this window
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return loss, window_samples, grad_norm
+        return StepResult(loss, window_samples, grad_norm, clipped_norm)
     scaler.step(optimizer)
     scaler.update()
     if layers is not None:
@@ -446,29 +399,31 @@ def train_step(
     if guard is not None:
         guard.after_update(scaler)
     optimizer.zero_grad(set_to_none=True)
-    return loss, window_samples, grad_norm
+    return StepResult(loss, window_samples, grad_norm, clipped_norm)
 
 
-def clip_and_measure(model: nn.Module, cfg: Config, measure: bool) -> torch.Tensor | None:
-    """Clip as configured; return the pre-clip total L2 norm (or the configured p-norm) when known or asked for."""
-    clip = cfg.trainer.grad_clip
-    norm = None
-    if clip is not None and clip.max_norm is not None:
+def clip_and_measure(
+    model: nn.Module, clip: GradClip | None, measure: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Clip as configured. Returns (the pre-clip total norm, the norm clipping by norm left), each
+    None when neither clipping nor `measure` needed it. The norm is the configured p-norm when clipping."""
+    by_norm = clip is not None and clip.max_norm is not None
+    grads = [p for p in model.parameters() if p.grad is not None]
+    norm = clipped = None
+    if by_norm:
         norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.grad is not None],
-            clip.max_norm,
-            norm_type=clip.norm_type,
+            grads,
+            clip.max_norm,  # type: ignore[union-attr, arg-type]
+            norm_type=clip.norm_type,  # type: ignore[union-attr]
             foreach=True,
         )
-    elif measure:  # the norm is a pass over every gradient: only at log steps
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads:
-            norm = total_norm(grads)
+        if measure:  # clip_grad_norm_ scales by max_norm / (norm + 1e-6) when norm > max_norm
+            clipped = norm.clamp(max=clip.max_norm)  # type: ignore[union-attr]
+    elif measure and grads:  # the norm is a pass over every gradient: only at log steps
+        norm = total_norm([p.grad for p in grads])  # type: ignore[misc]
     if clip is not None and clip.max_value is not None:
-        torch.nn.utils.clip_grad_value_(
-            [p for p in model.parameters() if p.grad is not None], clip.max_value, foreach=True
-        )
-    return norm
+        torch.nn.utils.clip_grad_value_(grads, clip.max_value, foreach=True)
+    return norm, clipped
 
 
 def _windows(batches: Batches, size: int, skip: int):
@@ -485,25 +440,46 @@ def _windows(batches: Batches, size: int, skip: int):
         yield window
 
 
+def _histogram_step(step: int, logging: LoggingConfig) -> bool:
+    """Histograms at the first log step of every histogram_every_n_steps interval."""
+    every, log_every = logging.histogram_every_n_steps, logging.log_every_n_steps
+    return logging.histograms and step % max(every // log_every * log_every, log_every) == 0
+
+
+def _log_step(run: Run, result: StepResult) -> dict[str, Any]:
+    """A step line in metrics.jsonl; per-layer norms, the clipped norm and histograms to TensorBoard."""
+    # train/loss averaged over ranks; grad_norm is of the synced gradients
+    result = result._replace(loss=distributed.mean_over_ranks(result.loss))
+    metrics, clipped = _step_metrics(run.loop, result, run.optimizer, run.precision, run.guard)
+    layer_stats = run.recorder.take() if run.recorder else {}
+    if clipped is not None:
+        layer_stats["grad_norm_clipped"] = clipped
+    run.log.log("step", run.loop.step, metrics, tb_only=layer_stats)
+    if run.recorder is not None:
+        run.log.histograms(run.loop.step, run.recorder.take_histograms())
+    return metrics
+
+
 def _step_metrics(
-    state: Progress,
-    loss: torch.Tensor,
-    grad_norm: torch.Tensor | None,
+    loop: LoopState,
+    result: StepResult,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     guard: NonFiniteGuard,
-) -> dict[str, Any]:
-    """The step line's values, fetched from the device in one transfer."""
+) -> tuple[dict[str, Any], float | None]:
+    """The step line's values and the clipped norm, fetched from the device in one transfer."""
     guard.raise_if_failed()  # a log step syncs anyway: the lazy NaN check costs nothing here
+    nan = torch.full_like(result.loss, math.nan)
     values = torch.stack(
         [
-            loss.float(),
-            (grad_norm if grad_norm is not None else torch.full_like(loss, math.nan)).float(),
+            result.loss.float(),
+            (result.grad_norm if result.grad_norm is not None else nan).float(),
             guard.amp_skips.float(),
+            (result.clipped_norm if result.clipped_norm is not None else nan).float(),
         ]
     ).tolist()
     metrics = {
-        "epoch": state.epoch + 1,
+        "epoch": loop.epoch + 1,
         "train/loss": values[0],
         "lr": optimizer.param_groups[0]["lr"],
         "grad_norm": values[1],
@@ -513,7 +489,104 @@ def _step_metrics(
         metrics["amp_skipped_steps"] = int(values[2])
     if guard.policy == "skip":
         metrics["skipped_steps"] = guard.skipped
+    return metrics, None if result.clipped_norm is None else values[3]
+
+
+def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[str, Any]:
+    """The epoch's train/loss, validation, epoch-wise schedules, early stopping, the epoch line,
+    best/top-k checkpoints and last.pt. Returns the epoch's metrics."""
+    cfg, loop = run.cfg, run.loop
+    loss_sum, samples = distributed.sum_over_ranks(loop.epoch_loss_sum, loop.epoch_samples)
+    metrics: dict[str, Any] = {"epoch": loop.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
+    run.guard.check_epoch_loss(metrics["train/loss"])
+    loop.epoch += 1
+    loop.batch_in_epoch, loop.epoch_loss_sum, loop.epoch_samples = 0, 0.0, 0
+    last_epoch = run.limits_reached()
+    validated = run.data.val is not None and (
+        loop.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
+    )
+    if validated:
+        metrics.update(evaluate(run.model, run.data.val, run.objective, run.precision, "val"))
+        if run.schedule_interval == "validation":
+            run.scheduler.step(_monitored(metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
+    if run.schedule_interval == "epoch":
+        run.scheduler.step()
+    metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    metrics["time"] = round(time.perf_counter() - started, 3)
+    stopper = run.stopper
+    if stopper is not None and (validated or not stopper.monitor.startswith("val/")):
+        if stopper.update(metrics, metrics["epoch"]):
+            metrics["early_stop"] = stopper.reason
+        if stopper.best_epoch == metrics["epoch"]:
+            run.best_weights.keep(run.model)
+    run.log.log("epoch", loop.step, metrics)
+    progress.epoch_end(loop.epoch, loop.step, metrics)
+    if run.dist.is_main:
+        run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
+    early_stopped = stopper is not None and stopper.should_stop
+    if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or early_stopped:
+        run.save_last()
     return metrics
+
+
+def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str, Any]:
+    """Restore the best weights if asked, export the final model, test it, write summary.json."""
+    cfg, loop, stopper, console = run.cfg, run.loop, run.stopper, run.console
+    if stopper is not None and stopper.should_stop:
+        status, stop_reason = "early_stopped", f"early stopping: {stopper.reason}"
+        console.print(
+            f"[bold]early stopping[/bold] at epoch {stopper.stopped_epoch}: {stopper.reason}"
+        )
+        run.log.log("event", loop.step, {"event": "early_stopped", **stopper.state_dict()})
+    else:
+        status = "completed"
+        stop_reason = (
+            "max_epochs reached" if loop.epoch >= cfg.trainer.max_epochs else "max_steps reached"
+        )
+    restored = run.best_weights.weights is not None
+    if restored:  # early_stopping.restore_best_weights, however the run ended
+        run.model.load_state_dict(run.best_weights.weights)  # type: ignore[arg-type]
+        console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
+    if run.dist.is_main:  # the final model: what test/* measures
+        run.export(run.run_dir / "checkpoints" / "last.safetensors")
+    test = run.data.test
+    test_metrics = evaluate(run.model, test, run.objective, run.precision, "test") if test else None
+    if test_metrics:
+        run.log.log("test", loop.step, test_metrics)
+    total_params, trainable_params = count_parameters(run.model)
+    accumulate = cfg.trainer.accumulate_grad_batches
+    summary = {
+        "status": status,
+        "stop_reason": stop_reason,
+        "run_dir": str(run.run_dir),
+        "epochs": loop.epoch,
+        "steps": loop.step,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "final": epoch_metrics,
+        "best": run.tracker.summary(),
+        "early_stopping": None
+        if stopper is None
+        else {**stopper.state_dict(), "restored_best_weights": restored},
+        "test": test_metrics,
+        "params": {
+            "total": total_params,
+            "trainable": trainable_params,
+            "frozen": total_params - trainable_params,
+        },
+        "nonfinite": {
+            "skipped_steps": run.guard.skipped,
+            "amp_skipped_steps": int(run.guard.amp_skips),
+        },
+        "device": str(run.device),
+        "distributed": run.dist.summary(cfg.data.batch_size, accumulate),
+        "precision": cfg.trainer.precision,
+        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
+    }
+    if run.dist.is_main:
+        write_json(run.run_dir / "summary.json", summary)
+    run.log.close()
+    print_summary(console, summary)
+    return summary
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:
@@ -524,23 +597,7 @@ def _monitored(metrics: dict[str, float], key: str) -> float:
     return metrics[key]
 
 
-def _early_stopping(
-    stopper: EarlyStopping,
-    cfg: Any,
-    metrics: dict[str, Any],
-    model: nn.Module,
-    best_weights: dict[str, torch.Tensor] | None,
-) -> dict[str, torch.Tensor] | None:
-    """Feed this epoch's metrics to early stopping; keep a CPU copy of the best weights if asked."""
-    epoch = metrics["epoch"]
-    if stopper.update(metrics, epoch):
-        metrics["early_stop"] = stopper.reason
-    if cfg.restore_best_weights and stopper.best_epoch == epoch:
-        best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    return best_weights
-
-
-def _check_monitors(cfg: Config, data: Any) -> None:
+def _check_monitors(cfg: Config, data: DataBundle) -> None:
     """Refuse before training a monitor that can never be logged, rather than after the first epoch."""
     es, ckpt = cfg.trainer.early_stopping, cfg.trainer.checkpoint
     if data.val is None:
@@ -567,26 +624,31 @@ def _writable(create: Any) -> Any:
         ) from None
 
 
-def _nan_failure(
-    err: NonFinite, run_dir: Path, state: Progress, cfg: Config, log: RunLog | distributed.NullLog
-) -> TrainingError:
+def _interrupted(run: Run, signum: int) -> Interrupted:
+    """A stop signal every rank agreed on: save last.pt at this step boundary, log the event."""
+    run.save_last()
+    name = signal.Signals(signum).name
+    run.log.log("event", run.loop.step, {"event": "interrupted", "signal": name})
+    saved = run.cfg.trainer.checkpoint.save_last
+    return Interrupted(signum, run.run_dir, saved=saved, step=run.loop.step)
+
+
+def _nan_failure(err: NonFinite, run: Run) -> TrainingError:
     """Write nan_report.json and turn the failure into a TrainingError (exit 1) that says where to look."""
+    loop, run_dir = run.loop, run.run_dir
     last = run_dir / "checkpoints" / "last.pt"
     report = {
-        "step": state.step + 1,  # the step that failed (not applied)
-        "epoch": state.epoch + 1,
-        "batch_in_epoch": state.batch_in_epoch,
-        "nan_policy": cfg.trainer.nan_policy,
+        "step": loop.step + 1,  # the step that failed (not applied)
+        "epoch": loop.epoch + 1,
+        "batch_in_epoch": loop.batch_in_epoch,
+        "nan_policy": run.cfg.trainer.nan_policy,
         **err.report,
         "last_good_checkpoint": str(last) if last.exists() else None,
     }
-    if not isinstance(log, distributed.NullLog):  # under DDP rank 0 writes it
+    if run.dist.is_main:  # under DDP rank 0 writes it
         write_json(run_dir / "nan_report.json", report)
-    log.log(
-        "event",
-        state.step,
-        {"event": "nonfinite", "first_nonfinite": report.get("first_nonfinite")},
-    )
+    first = report.get("first_nonfinite")
+    run.log.log("event", loop.step, {"event": "nonfinite", "first_nonfinite": first})
     return TrainingError(
         f"{err} at step {report['step']} (epoch {report['epoch']}); details in {run_dir / 'nan_report.json'}. "
         "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "

@@ -382,11 +382,11 @@ def lockstep(settings: Settings, config: Path) -> list[Row]:
     def bptrain_step(x: torch.Tensor, y: torch.Tensor, logged: bool, to: Any = log) -> float:
         """What fit does for one step: train_step, and at a log step the norm and the record."""
         start = time.perf_counter()
-        loss, _, norm = train_step(
-            ours, [(x, y)], objective, our_opt, precision, cfg, logged, guard
+        result = train_step(
+            ours, [(x, y)], objective, our_opt, precision, cfg.trainer.grad_clip, logged, guard
         )
         if logged:
-            to.log("step", 1, _step_metrics(progress, loss, norm, our_opt, precision, guard))
+            to.log("step", 1, _step_metrics(progress, result, our_opt, precision, guard)[0])
         return time.perf_counter() - start
 
     def hand_step(x: torch.Tensor, y: torch.Tensor) -> float:

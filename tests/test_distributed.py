@@ -251,9 +251,9 @@ objective = build_objective(cfg.loss, DataSpec("classification", (4,), 3, ()))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 window = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
 precision = Precision.create("32", torch.device("cpu"))
-train_step(ddp, window, objective, optimizer, precision, cfg)
+train_step(ddp, window, objective, optimizer, precision, cfg.trainer.grad_clip)
 after_window = len(calls)
-train_step(ddp, window[:1], objective, optimizer, precision, cfg)
+train_step(ddp, window[:1], objective, optimizer, precision, cfg.trainer.grad_clip)
 print(after_window, len(calls))
 del ddp  # free DDP (and its reference to the group) before the group itself
 torch.distributed.destroy_process_group()

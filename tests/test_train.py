@@ -45,11 +45,12 @@ def test_accumulation_equals_one_large_batch(write_config, sizes):
     big = copy.deepcopy(model)
     precision = Precision.create("32", torch.device("cpu"))
     opt_micro, opt_big = build_optimizer(cfg.optimizer, model), build_optimizer(cfg.optimizer, big)
-    loss_micro, n_micro, norm_micro = train_step(
-        model, micro, objective, opt_micro, precision, cfg, measure_grad_norm=True
+    clip = cfg.trainer.grad_clip
+    loss_micro, n_micro, norm_micro, _ = train_step(
+        model, micro, objective, opt_micro, precision, clip, measure_grad_norm=True
     )
-    loss_big, n_big, norm_big = train_step(
-        big, [(x, y)], objective, opt_big, precision, cfg, measure_grad_norm=True
+    loss_big, n_big, norm_big, _ = train_step(
+        big, [(x, y)], objective, opt_big, precision, clip, measure_grad_norm=True
     )
     assert n_micro == n_big == sum(sizes)
     assert loss_micro.item() == pytest.approx(loss_big.item(), abs=1e-6)

@@ -14,6 +14,7 @@ are disjoint and complete so metrics summed over ranks count every sample once.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -61,9 +62,23 @@ class _Sharded:
             even_shards,
         )
         self.epoch = 0
+        self._fingerprint: tuple[int, int] | None = (
+            None  # (epoch, crc32): one permutation per epoch
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def order_fingerprint(self, epoch: int) -> int:
+        """crc32 of this rank's sample order in `epoch`: a checkpoint records it, a resume compares it."""
+        if self._fingerprint is None or self._fingerprint[0] != epoch:
+            current, self.epoch = self.epoch, epoch
+            try:
+                crc = zlib.crc32(self._indices().to(torch.int64).cpu().numpy().tobytes())
+            finally:
+                self.epoch = current
+            self._fingerprint = (epoch, crc)
+        return self._fingerprint[1]
 
     def _indices(self) -> torch.Tensor:
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle)

@@ -72,16 +72,16 @@ def inspect_config(
     import torch
 
     from bptrain.checkpoint import load_checkpoint, model_state
+    from bptrain.components import build_components
     from bptrain.config import load_config
     from bptrain.optim import build_optimizer
     from bptrain.runtime import resolve_device, seed_everything
-    from bptrain.setup import build_setup
 
     cfg = load_config(config_path, overrides)
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, False)
-    setup = build_setup(cfg, device, transfer=checkpoint is None)
-    data, objective, model = setup.data, setup.objective, setup.model
+    parts = build_components(cfg, device, init_weights=checkpoint is None)
+    data, objective, model = parts.data, parts.objective, parts.model
     if checkpoint is not None:
         state = model_state(load_checkpoint(checkpoint, map_location=device), checkpoint)
         try:

@@ -1,0 +1,57 @@
+"""The data, objective and model a config describes, built the same way for every command.
+
+``fit``, ``eval``, ``lr-find`` and ``grad-inspect`` must see exactly the same model and
+data: one function, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bptrain.config import Config
+from bptrain.data import DataBundle, build_data
+from bptrain.losses import Objective, build_objective
+from bptrain.models import build_model, takes_token_ids
+from bptrain.transfer import freeze, init_from
+
+
+@dataclass
+class Components:
+    data: DataBundle
+    objective: Objective
+    model: nn.Module
+    init_report: dict[str, Any] | None = None  # what model.init_from loaded, when it ran
+
+
+def build_components(
+    cfg: Config,
+    device: torch.device,
+    *,
+    init_weights: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Components:
+    """Data (this rank's shard), objective and model on `device`, with model.freeze applied.
+
+    `init_weights=False` skips model.init_from: a checkpoint's weights (resume, eval) replace them anyway.
+    """
+    data = build_data(
+        cfg.data,
+        seed=cfg.seed,
+        device=device,
+        integer_inputs=takes_token_ids(cfg.model),
+        rank=rank,
+        world_size=world_size,
+    )
+    objective = build_objective(cfg.loss, data.spec)
+    model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
+    report = None
+    if init_weights and cfg.model.init_from is not None:
+        report = init_from(model, cfg.model.init_from, cfg.model.init_strict)
+    freeze(model, cfg.model.freeze)
+    objective.loss_fn.to(device)
+    return Components(data, objective, model.to(device), report)

@@ -1,0 +1,170 @@
+"""What a checkpoint holds: every stateful part of a run, under one name each.
+
+A resumed run must continue at exactly the same micro-batch with exactly the same numbers.
+Every part that changes while training exposes ``state_dict()`` / ``load_state_dict()``;
+``RunState`` maps checkpoint keys to those parts, and saving and restoring iterate that
+one mapping, so a part cannot be saved and then forgotten on restore (or the reverse).
+A checkpoint also records the config, the data's shape and the versions that wrote it.
+Finding the checkpoint to resume from is ``resume.py``'s job; writing files atomically
+is ``checkpoint.py``'s. The format is documented in docs/checkpointing.md.
+
+Format versions: 1 (bptrain 0.1, no ``format_version`` key) and 2 (this one: the same
+keys plus ``format_version``). Both load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+import torch
+
+import bptrain
+from bptrain.config import Config, to_dict
+from bptrain.data import Batches, DataSpec
+from bptrain.errors import UserError
+from bptrain.runtime import rng_state, set_rng_state
+
+FORMAT_VERSION = 2
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> Any: ...
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: enough to continue at the exact same micro-batch (checkpoint key ``progress``)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained on
+    epoch_loss_sum: float = 0.0  # running sums for the epoch's train/loss
+    epoch_samples: int = 0
+    schedule_steps: int = 0  # horizon of per-step LR schedules, fixed when the run starts
+    metrics_bytes: int = 0  # length of metrics.jsonl when this checkpoint was written
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        known = {f.name for f in fields(self)}
+        for key, value in state.items():
+            if key in known:
+                setattr(self, key, value)
+
+
+class RandomState:
+    """Every RNG the loop (or user code) may draw from: Python, NumPy, torch, CUDA."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
+
+
+class BestWeights:
+    """A CPU copy of the best epoch's weights, for early_stopping.restore_best_weights.
+
+    Only kept (and restored) while the config asks for it: the resumed config decides.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def keep(self, model: torch.nn.Module) -> None:
+        if self.enabled:
+            self.weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        return self.weights
+
+    def load_state_dict(self, state: dict[str, torch.Tensor] | None) -> None:
+        self.weights = state if self.enabled else None
+
+
+class DataOrder:
+    """A fingerprint of the epoch's sample order. Restoring checks it rather than sets it:
+    the order is a pure function of (seed, epoch), and a different one (another torch
+    version's permutation) means the resumed run cannot reproduce the original exactly."""
+
+    def __init__(self, seed: int, batches: Batches, loop: LoopState, warn: Callable[[str], None]):
+        self.seed, self.batches, self.loop, self.warn = seed, batches, loop, warn
+
+    def _crc(self, epoch: int) -> int | None:
+        fingerprint = getattr(self.batches, "order_fingerprint", None)
+        return fingerprint(epoch) if fingerprint is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epoch": self.loop.epoch, "crc32": self._crc(self.loop.epoch)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("crc32")
+        if saved is not None and saved != self._crc(self.loop.epoch):
+            self.warn(
+                "the data order of this epoch differs from the checkpoint's (another torch "
+                "version?): the resumed run will not reproduce the original exactly."
+            )
+
+
+class RunState:
+    """The checkpoint contract: checkpoint key -> the part that owns that state.
+
+    Parts that a config leaves out (no scheduler, no early stopping) are None and are
+    saved as None. ``save`` and ``restore`` iterate the same mapping.
+    """
+
+    def __init__(self, parts: dict[str, Stateful | None], config: Config, spec: DataSpec):
+        self.parts, self.config, self.spec = parts, config, spec
+
+    def save(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            key: None if part is None else part.state_dict() for key, part in self.parts.items()
+        }
+        state.update(
+            format_version=FORMAT_VERSION,
+            config=to_dict(self.config),
+            data_spec={
+                "task": self.spec.task,
+                "input_shape": list(self.spec.input_shape),
+                "num_classes": self.spec.num_classes,
+                "target_shape": list(self.spec.target_shape),
+            },
+            # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+            versions={"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
+        )
+        return state
+
+    def restore(self, saved: dict[str, Any], source: str) -> None:
+        """Load every part that the checkpoint has a state for (a part absent in 0.1 files is left fresh)."""
+        version = saved.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise UserError(
+                f"{source} has checkpoint format {version}; this bptrain ({bptrain.__version__}) "
+                f"reads formats up to {FORMAT_VERSION}. Upgrade bptrain to resume it."
+            )
+        for key, part in self.parts.items():
+            if part is None or saved.get(key) is None:
+                continue
+            try:
+                part.load_state_dict(saved[key])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise UserError(
+                    f"cannot resume from {source}: its '{key}' state does not fit this run ({err}). "
+                    f"{_HINTS.get(key, 'Resume with the config the run was started with.')}"
+                ) from None
+
+
+_HINTS = {
+    "model": "Resume with the same model section, or start a new run with model.init_from.",
+    "optimizer": "Was optimizer.name or model.freeze changed? Resume with the original optimizer "
+    "settings, or start a new run with model.init_from.",
+    "scheduler": "Was scheduler.name changed? Resume with the original scheduler.",
+    "scaler": "Was trainer.precision changed? Resume with the original precision.",
+}
