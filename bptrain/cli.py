@@ -419,6 +419,38 @@ def sweep(
         raise typer.Exit(code)
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories (or folders holding runs, such as a sweep's). Several: overlaid and compared.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The HTML file to write (default: RUN_DIR/report.html for one run, ./report.html for several).",
+        ),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report (curves, LR, gradient-flow heatmaps, events, config, checkpoints).
+
+    It opens offline in any browser: nothing is loaded from the network. Made from the run directory's files only, so it works on a run that crashed or is still going.
+    """
+
+    def run() -> None:
+        from bptrain.report import write_report
+
+        path = write_report(run_dirs, output)
+        typer.echo(f"wrote {path}")
+
+    _guarded(run)
+
+
 @app.command(name="lr-find")
 def lr_find(
     config: ConfigArg,
