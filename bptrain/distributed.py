@@ -94,9 +94,9 @@ def setup(device_name: str, strategy: str = "auto") -> Dist:
     """
     world_size = launched_world_size()
     if world_size is None:
-        if strategy == "ddp":
+        if strategy in ("ddp", "fsdp"):
             raise UserError(
-                "trainer.strategy is ddp but this process was not started by a distributed launcher. "
+                f"trainer.strategy is {strategy} but this process was not started by a distributed launcher. "
                 "Start it with `torchrun --nproc_per_node=N -m bptrain fit ...`, `bptrain fit ... --nproc N`, "
                 "or srun (see docs/cluster.md); or set trainer.strategy=auto."
             )
@@ -147,14 +147,26 @@ def teardown(wait_for_all_ranks: bool = False) -> None:
     dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, ctx: Dist) -> nn.Module:
+def wrap(
+    model: nn.Module,
+    ctx: Dist,
+    strategy: str = "auto",
+    precision: str = "32",
+    fsdp_blocks: list[str] | tuple[str, ...] = (),
+) -> nn.Module:
     """DistributedDataParallel around the model when distributed; the model itself otherwise.
 
     DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from
-    the same weights, and averages gradients across ranks during backward.
+    the same weights, and averages gradients across ranks during backward. ``strategy: fsdp``
+    shards the model in place instead (``sharding.py``); build the optimizer after this call.
     """
     if not ctx.enabled:
         return model
+    if strategy == "fsdp":
+        # imported here: only FSDP runs pay for loading torch.distributed.fsdp
+        from bptrain.sharding import shard
+
+        return shard(model, precision, fsdp_blocks)
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -169,6 +181,10 @@ def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
     module = getattr(model, "_orig_mod", model)  # under torch.compile
     if skip and isinstance(module, DistributedDataParallel):
         return module.no_sync()
+    if skip and hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        from bptrain.sharding import no_gradient_sync
+
+        return no_gradient_sync(module)
     return contextlib.nullcontext()
 
 

@@ -113,9 +113,21 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     (about 90 vs 35 us on one CPU thread). It runs at every log step, and at every step of
     the CPU non-finite guard."""
     first = grads[0]
-    if any(g.device != first.device or g.dtype != first.dtype or g.is_sparse for g in grads):
-        return torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    if any(
+        g.device != first.device or g.dtype != first.dtype or g.is_sparse or _is_dtensor(g)
+        for g in grads
+    ):
+        return full(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True))
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return hasattr(t, "full_tensor")
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from an FSDP (DTensor) result such as a total norm; a collective on DTensors."""
+    return t.full_tensor() if _is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
 class NonFinite(TrainingError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -78,3 +79,24 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def bytes_per_rank(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """What this rank holds of the parameters, their gradients (one per trainable parameter) and
+    the optimizer state, in bytes: the local shard under FSDP, everything under DDP."""
+
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = grads = 0
+    for p in model.parameters():
+        size = local(p).numel() * p.element_size()
+        params += size
+        grads += size if p.requires_grad else 0
+    state = sum(
+        local(v).numel() * v.element_size()
+        for per_param in optimizer.state.values()
+        for v in per_param.values()
+        if isinstance(v, torch.Tensor)
+    )
+    return {"params": params, "grads": grads, "optimizer": state, "total": params + grads + state}

@@ -31,7 +31,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from rich.console import Console
@@ -56,6 +56,7 @@ from bptrain.faults import (
     NonFinite,
     NonFiniteGuard,
     StopFlag,
+    full,
     locate_nonfinite,
     total_norm,
 )
@@ -67,8 +68,11 @@ from bptrain.resume import load_resume, run_dir_of, version_warning
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
 from bptrain.runlog import RunLog, create_run_dir, write_json
 from bptrain.runtime import Precision, seed_everything, sum_dtype
-from bptrain.summary import count_parameters, print_run_header, print_summary
+from bptrain.summary import bytes_per_rank, count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init
+
+if TYPE_CHECKING:
+    from bptrain.sharding import ShardedState
 
 __all__ = ["Interrupted", "Run", "StepResult", "build_run", "fit", "train_step"]
 
@@ -172,6 +176,7 @@ class Run:
     recorder: LogStepRecorder | None  # per-layer norms and histograms at log steps (TensorBoard)
     stop: StopFlag
     resumed_from: Path | None
+    sharded: ShardedState | None = None  # FSDP: the full state, gathered for checkpoints
 
     @property
     def device(self) -> torch.device:
@@ -205,15 +210,23 @@ class Run:
         self.loop.metrics_bytes = self.log.jsonl.tell()
         return self.state.save()
 
+    def gather(self) -> None:
+        """FSDP: collect the full state on rank 0 before a checkpoint (every rank calls this)."""
+        if self.sharded is not None:
+            self.sharded.gather(self.loop.step)
+
     def save_last(self) -> None:
-        if self.cfg.trainer.checkpoint.save_last and self.dist.is_main:
+        if self.cfg.trainer.checkpoint.save_last:
             with self.stop.saving():
-                save_checkpoint(self.checkpoint(), self.run_dir / "checkpoints" / "last.pt")
+                self.gather()
+                if self.dist.is_main:
+                    save_checkpoint(self.checkpoint(), self.run_dir / "checkpoints" / "last.pt")
 
     def export(self, path: Path) -> None:
         """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
         meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
-        save_safetensors(self.model.state_dict(), path, {**meta, "bptrain": bptrain.__version__})
+        weights = self.sharded.model_state if self.sharded else self.model.state_dict()
+        save_safetensors(weights, path, {**meta, "bptrain": bptrain.__version__})
 
 
 def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
@@ -224,6 +237,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if not dist.is_main:  # rank 0 prints and writes; the others train silently
         console = Console(quiet=True)
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
     saved, checkpoint_path = load_resume(cfg, resume)  # refuses a changed model or data section
     parts = build_components(
         cfg,
@@ -235,13 +250,21 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if parts.init_report is not None:
         console.print(describe_init(parts.init_report))
     model, data = parts.model, parts.data
+    # DDP when distributed; FSDP shards the model in place, so the optimizer comes after
+    forward = distributed.wrap(
+        model, dist, cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.fsdp_blocks
+    )
     optimizer = build_optimizer(cfg.optimizer, model)
+    sharded = None
+    if dist.enabled and cfg.trainer.strategy == "fsdp":
+        from bptrain.sharding import ShardedState  # imported here: only FSDP runs load FSDP
+
+        sharded = ShardedState(model, optimizer)
     total_steps = _total_steps(cfg, data.train)
     # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
     loop = LoopState(schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps)
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, loop.schedule_steps)
     precision = Precision.create(cfg.trainer.precision, dist.device)
-    forward = distributed.wrap(model, dist)  # DDP when distributed
     forward = torch.compile(forward) if cfg.trainer.compile else forward
     _check_monitors(cfg, data)
 
@@ -266,8 +289,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     warn = lambda text: console.print(f"[yellow]warning:[/yellow] {text}")  # noqa: E731
     state = RunState(
         {
-            "model": model,
-            "optimizer": optimizer,
+            "model": sharded.model_part if sharded else model,
+            "optimizer": sharded.optimizer_part if sharded else optimizer,
             "scheduler": scheduler,
             "scaler": precision.scaler,
             "progress": loop,
@@ -299,6 +322,9 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     )
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
     record_layers = (cfg.logging.grad_norms or cfg.logging.histograms) and cfg.logging.tensorboard
+    record_layers = (
+        record_layers and sharded is None
+    )  # per-layer views of sharded gradients: not yet
     recorder = (
         LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
         if record_layers and dist.is_main
@@ -310,7 +336,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         schedule_interval=schedule_interval, precision=precision, loop=loop,
         total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
         best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
-        stop=StopFlag(), resumed_from=checkpoint_path,
+        stop=StopFlag(), resumed_from=checkpoint_path, sharded=sharded,
     )  # fmt: skip
 
 
@@ -411,11 +437,13 @@ def clip_and_measure(
     grads = [p for p in model.parameters() if p.grad is not None]
     norm = clipped = None
     if by_norm:
-        norm = torch.nn.utils.clip_grad_norm_(
-            grads,
-            clip.max_norm,  # type: ignore[union-attr, arg-type]
-            norm_type=clip.norm_type,  # type: ignore[union-attr]
-            foreach=True,
+        norm = full(  # FSDP: the global norm over every rank's shard
+            torch.nn.utils.clip_grad_norm_(
+                grads,
+                clip.max_norm,  # type: ignore[union-attr, arg-type]
+                norm_type=clip.norm_type,  # type: ignore[union-attr]
+                foreach=True,
+            )
         )
         if measure:  # clip_grad_norm_ scales by max_norm / (norm + 1e-6) when norm > max_norm
             clipped = norm.clamp(max=clip.max_norm)  # type: ignore[union-attr]
@@ -521,6 +549,7 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
             run.best_weights.keep(run.model)
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch, loop.step, metrics)
+    run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
     if run.dist.is_main:
         run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
     early_stopped = stopper is not None and stopper.should_stop
@@ -547,6 +576,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
     if restored:  # early_stopping.restore_best_weights, however the run ended
         run.model.load_state_dict(run.best_weights.weights)  # type: ignore[arg-type]
         console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
+    run.gather()
     if run.dist.is_main:  # the final model: what test/* measures
         run.export(run.run_dir / "checkpoints" / "last.safetensors")
     test = run.data.test
@@ -577,6 +607,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
             "skipped_steps": run.guard.skipped,
             "amp_skipped_steps": int(run.guard.amp_skips),
         },
+        "memory_per_rank": bytes_per_rank(run.model, run.optimizer),
         "device": str(run.device),
         "distributed": run.dist.summary(cfg.data.batch_size, accumulate),
         "precision": cfg.trainer.precision,

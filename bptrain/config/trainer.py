@@ -87,8 +87,12 @@ class TrainerConfig(Section):
     """Use deterministic algorithms (slower on GPU; CPU runs are reproducible anyway)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
-    strategy: Literal["auto", "ddp"] = "auto"
-    """Multi-process training. auto: DistributedDataParallel when started by torchrun, `bptrain fit --nproc N` or srun with more than one process, else one process. ddp: also for a one-process launch, and refuse to run unlaunched. See docs/cluster.md."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Multi-process training. auto: DistributedDataParallel when started by torchrun, `bptrain fit --nproc N` or srun with more than one process, else one process. ddp: also for a one-process launch, and refuse to run unlaunched. fsdp: shard parameters, gradients and optimizer state across the processes (FSDP2, per block; needs a launcher too). See docs/cluster.md."""
+    fsdp_blocks: list[str] = Field(default_factory=list)
+    """With strategy fsdp: class names of a class_path model's blocks to shard one by one (besides Linear, convolution, recurrent, embedding and transformer layers and bptrain's residual blocks, which always are)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads torch uses for intra-op parallelism in this process (torch.set_num_threads). null: torch's default (one per core). Set 1 when several processes share a few cores."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoint files and cadence."""
     early_stopping: EarlyStoppingConfig | None = None
@@ -104,6 +108,22 @@ class TrainerConfig(Section):
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _fsdp_combinations(self) -> TrainerConfig:
+        if self.strategy != "fsdp":
+            return self
+        if self.precision == "fp16":
+            raise ValueError(
+                "strategy fsdp with precision fp16 is not supported (its GradScaler is not wired to "
+                "sharded gradients); use precision bf16 (FSDP's mixed precision) or 32"
+            )
+        if self.early_stopping is not None and self.early_stopping.restore_best_weights:
+            raise ValueError(
+                "strategy fsdp cannot keep the best weights in memory "
+                "(early_stopping.restore_best_weights); use checkpoints/best.pt instead"
+            )
+        return self
 
     @field_validator("device")
     @classmethod
