@@ -1,17 +1,25 @@
-"""Cheap per-layer gradient statistics for the training loop's log steps.
+"""Per-layer gradient statistics: the one implementation behind ``fit``'s log steps and ``grad-inspect``.
 
-This module owns ``GradFlowMonitor``: the training loop asks it, every
-``log_every_n_steps`` steps, for per-layer gradient norms, non-finite gradient
-counts and update-to-weight ratios. Everything stays on the device as 0-dim
-tensors built from a handful of multi-tensor (``torch._foreach_*``) kernels, so
-a log step adds no host synchronisation; ``to_floats`` then moves a whole dict
-to the host in one transfer when the loop is ready to write it.
+This module owns what a "layer" is and how its numbers are computed. A layer is a
+module that owns parameters directly (``recurse=False``), named by its module path
+(``net.0``; the model itself is ``(root)``): ``layer_parameters`` groups a model that
+way for everyone. ``GradFlowMonitor`` computes, per layer, ‖∇W‖, non-finite gradient
+counts, ‖W‖ and the update ratio ‖ΔW‖/‖W‖ of one optimizer step, with multi-tensor
+(``torch._foreach_*``) kernels into 0-dim device tensors; ``to_floats`` then moves a
+whole dict to the host in one transfer.
 
-A "layer" is a module that owns parameters directly (``recurse=False``), named
-by its module path (``net.0``). Frozen parameters (``requires_grad=False``) are
-not monitored: they never receive gradients by design.
+Its two users want different trade-offs, chosen when the monitor is built:
 
-Missing gradients are never hidden: a monitored parameter whose ``.grad`` is
+* ``fit`` (``LogStepRecorder``, every ``log_every_n_steps`` steps): the parameters'
+  own dtype, every layer combined in one float32 segment sum, no host
+  synchronisation; frozen parameters (``requires_grad=False``) are not monitored,
+  since they never receive gradients by design.
+* ``grad-inspect`` (``float64=True, include_frozen=True``): every norm in float64,
+  each layer's ‖·‖ combined as ``torch.linalg.vector_norm`` of its parameters' norms
+  (as ``torch.nn.utils.get_total_norm`` does); frozen parameters count in ‖W‖ so
+  the report can show them. Speed does not matter there; accuracy does.
+
+Missing gradients are never hidden: a trainable parameter whose ``.grad`` is
 ``None`` (unused in the forward pass, or detached) is counted under
 ``missing_grads/layer/<path>``, and a layer none of whose parameters has a
 gradient reports a ``nan`` norm.
@@ -28,24 +36,56 @@ GRAD_NORM = "grad_norm/layer/"
 NONFINITE = "nonfinite_grads/layer/"
 MISSING = "missing_grads/layer/"
 UPDATE_RATIO = "update_ratio/layer/"
+WEIGHT_NORM = "weight_norm/layer/"
+
+LayerGroups = dict[str, list[tuple[str, nn.Parameter]]]
+
+
+def layer_parameters(model: nn.Module, *, trainable_only: bool = False) -> LayerGroups:
+    """Layer path -> its own parameters with their full names, in ``named_modules`` order."""
+    groups: LayerGroups = {}
+    for path, module in model.named_modules():
+        own = [
+            (f"{path}.{name}" if path else name, param)
+            for name, param in module.named_parameters(recurse=False)
+            if param.requires_grad or not trainable_only
+        ]
+        if own:
+            groups[path or "(root)"] = own
+    return groups
+
+
+def norm_float64(tensors: list[Tensor]) -> float:
+    """‖(t₁, t₂, ...)‖ in float64 (``nan`` for no tensors): grad-inspect's norm of a parameter set."""
+    if not tensors:
+        return float("nan")
+    norms = torch._foreach_norm([t.detach().double() for t in tensors])
+    return float(torch.linalg.vector_norm(torch.stack(list(norms))))
 
 
 class GradFlowMonitor:
-    """Per-layer gradient flow of one model, computed without host syncs."""
+    """Per-layer gradient flow of one model: ``fit``'s cheap device-side version by default."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(
+        self, model: nn.Module, *, float64: bool = False, include_frozen: bool = False
+    ) -> None:
+        self.float64 = float64
+        self.dtype = torch.float64 if float64 else torch.float32
         self.layers: list[str] = []
         self.params: list[nn.Parameter] = []
         self.layer_of: list[int] = []
-        for path, module in model.named_modules():
-            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if not own:
-                continue
-            self.layers.append(path or "(root)")
-            self.params.extend(own)
+        for path, own in layer_parameters(model, trainable_only=not include_frozen).items():
+            self.layers.append(path)
+            self.params.extend(p for _, p in own)
             self.layer_of.extend([len(self.layers) - 1] * len(own))
         self._index_cache: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
         self._before: list[Tensor] | None = None
+
+    def _norms(self, tensors: list[Tensor]) -> list[Tensor]:
+        """‖t‖ of every tensor, in one multi-tensor kernel (in float64 when asked)."""
+        if self.float64:
+            tensors = [t.detach().double() for t in tensors]
+        return list(torch._foreach_norm(tensors))
 
     def _layer_index(self, device: torch.device, layer_ids: tuple[int, ...]) -> Tensor:
         """Cached so a log step never copies an index from host to device (a hidden sync)."""
@@ -55,9 +95,17 @@ class GradFlowMonitor:
         return self._index_cache[key]
 
     def _per_layer_norm(self, norms: list[Tensor], layer_ids: tuple[int, ...]) -> Tensor:
-        """Combine parameter norms into layer norms: ‖layer‖ = sqrt(Σ ‖p‖²), one segment sum."""
-        stacked = torch.stack(norms).float()
+        """Combine parameter norms into layer norms: ‖layer‖ = sqrt(Σ ‖p‖²).
+
+        ``fit``: one segment sum for all layers (no per-layer kernels). float64: one
+        ``vector_norm`` per layer, grad-inspect's numbers to the last bit.
+        """
+        stacked = torch.stack(norms).to(self.dtype)
         index = self._layer_index(stacked.device, layer_ids)
+        if self.float64:
+            return torch.stack(
+                [torch.linalg.vector_norm(stacked[index == i]) for i in range(len(self.layers))]
+            )
         squares = torch.zeros(len(self.layers), device=stacked.device).index_add_(
             0, index, stacked.square()
         )
@@ -69,7 +117,7 @@ class GradFlowMonitor:
         stats: dict[str, Tensor] = {}
         missing = [0] * len(self.layers)
         for i, p in enumerate(self.params):
-            if p.grad is None:
+            if p.grad is None and p.requires_grad:  # a frozen parameter is not missing one
                 missing[self.layer_of[i]] += 1
         if not present:
             nan = torch.tensor(float("nan"))
@@ -79,7 +127,7 @@ class GradFlowMonitor:
             return stats
         grads = [self.params[i].grad for i in present]
         layer_ids = tuple(self.layer_of[i] for i in present)
-        norms = self._per_layer_norm(list(torch._foreach_norm(grads)), layer_ids)
+        norms = self._per_layer_norm(self._norms(grads), layer_ids)
         # g - g is 0 where g is finite and NaN where it is not; the L0 "norm" counts the NaNs.
         nonfinite = self._per_layer_count(
             list(torch._foreach_norm(torch._foreach_sub(grads, grads), 0)), layer_ids
@@ -100,6 +148,13 @@ class GradFlowMonitor:
         index = self._layer_index(stacked.device, layer_ids)
         return torch.zeros(len(self.layers), device=stacked.device).index_add_(0, index, stacked)
 
+    def weight_norms(self) -> dict[str, Tensor]:
+        """‖W‖ per layer (frozen parameters included when the monitor includes them)."""
+        with torch.no_grad():
+            ids = tuple(self.layer_of)
+            norms = self._per_layer_norm(self._norms([p.detach() for p in self.params]), ids)
+        return {WEIGHT_NORM + path: norms[i] for i, path in enumerate(self.layers)}
+
     def snapshot_weights(self) -> None:
         """Copy the weights before ``optimizer.step()`` so ``update_ratios`` can measure ΔW."""
         with torch.no_grad():
@@ -115,8 +170,8 @@ class GradFlowMonitor:
             current = [p.detach() for p in self.params]
             deltas = torch._foreach_sub(current, self._before)
             ids = tuple(self.layer_of)
-            delta_norm = self._per_layer_norm(list(torch._foreach_norm(deltas)), ids)
-            weight_norm = self._per_layer_norm(list(torch._foreach_norm(self._before)), ids)
+            delta_norm = self._per_layer_norm(self._norms(deltas), ids)
+            weight_norm = self._per_layer_norm(self._norms(self._before), ids)
             ratios = delta_norm / weight_norm
         self._before = None
         return {UPDATE_RATIO + path: ratios[i] for i, path in enumerate(self.layers)}
@@ -126,12 +181,14 @@ def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
     """Bring a dict of 0-dim tensors to the host in one transfer (one sync instead of one per key)."""
     if not stats:
         return {}
-    by_device: dict[torch.device, list[str]] = {}
+    # One transfer per device and dtype: fit's float32 stats go in one, float64 ones keep every bit.
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
     for key, value in stats.items():
-        by_device.setdefault(value.device, []).append(key)
+        dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
+        groups.setdefault((value.device, dtype), []).append(key)
     floats: dict[str, float] = {}
-    for keys in by_device.values():
-        values = torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist()
+    for (_, dtype), keys in groups.items():
+        values = torch.stack([stats[k].detach().to(dtype).reshape(()) for k in keys]).tolist()
         floats.update(zip(keys, values, strict=True))
     return {key: floats[key] for key in stats}
 

@@ -8,44 +8,18 @@ function of (seed, epoch): that is what makes mid-epoch resume exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from bptrain.config import ImageFolderData
+from bptrain.data.bundle import DataBundle, DataSpec, hold_out
+from bptrain.data.images import build_imagefolder
 from bptrain.data.loaders import Batches, DataLoaderBatches, TensorBatches
 from bptrain.data.sources import Arrays, read_source
 from bptrain.errors import UserError
 
 __all__ = ["Batches", "DataBundle", "DataSpec", "build_data"]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What the data tells the model and the loss, so users never repeat it in the config."""
-
-    task: Literal["classification", "regression"]
-    input_shape: tuple[int, ...]
-    num_classes: int | None
-    target_shape: tuple[int, ...]  # () for one class label per sample, (T,) for per-step labels
-    token_range: int | None = (
-        None  # max + 1 of integer-valued inputs (token ids); None for real inputs
-    )
-
-    @property
-    def in_features(self) -> int:
-        return int(np.prod(self.input_shape))
-
-
-@dataclass
-class DataBundle:
-    train: Batches
-    val: Batches | None
-    test: Batches | None
-    spec: DataSpec
 
 
 def build_data(
@@ -62,8 +36,6 @@ def build_data(
     ``models.takes_token_ids``): then they stay int64 and are never normalised.
     """
     if isinstance(cfg, ImageFolderData):
-        from bptrain.data.images import build_imagefolder
-
         return build_imagefolder(cfg, seed, device, rank, world_size)
     splits = read_source(cfg, seed)
     train, val, test = splits.train, splits.val, splits.test
@@ -71,9 +43,9 @@ def build_data(
         seed + 1
     )  # a separate stream, so changing the source keeps the split seed stable
     if test is None and cfg.test_fraction > 0:  # type: ignore[attr-defined]
-        train, test = _hold_out(train, cfg.test_fraction, rng, "test")  # type: ignore[attr-defined]
+        train, test = hold_out(train, cfg.test_fraction, rng, "test")  # type: ignore[attr-defined]
     if val is None and cfg.val_fraction > 0:  # type: ignore[attr-defined]
-        train, val = _hold_out(
+        train, val = hold_out(
             train,
             cfg.val_fraction / (1 - (cfg.test_fraction if splits.test is None else 0)),
             rng,
@@ -129,20 +101,6 @@ def build_data(
         )  # type: ignore[arg-type]
 
     return DataBundle(batches(train, True), batches(val, False), batches(test, False), spec)  # type: ignore[arg-type]
-
-
-def _hold_out(
-    arrays: Arrays, fraction: float, rng: np.random.Generator, what: str
-) -> tuple[Arrays, Arrays]:
-    x, y = arrays
-    n_out = round(len(x) * fraction)
-    if n_out == 0 or n_out >= len(x):
-        raise UserError(
-            f"cannot hold out a {what} fraction of {fraction:.3g} from {len(x)} samples; change data.val_fraction/test_fraction."
-        )
-    order = rng.permutation(len(x))
-    keep, out = order[n_out:], order[:n_out]
-    return (x[keep], y[keep]), (x[out], y[out])
 
 
 def _infer_spec(train: Arrays, others: list[Arrays]) -> DataSpec:

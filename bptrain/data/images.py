@@ -16,7 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from bptrain.config import ImageFolderData
+from bptrain.data.bundle import DataBundle, DataSpec, hold_out
 from bptrain.data.loaders import DataLoaderBatches
+from bptrain.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 STATS_SAMPLES = 2000  # training images read to estimate mean/std; enough for 3 decimals
@@ -26,8 +28,6 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        from bptrain.errors import UserError
-
         raise UserError(
             "data.source imagefolder reads images with Pillow, which is not installed. "
             "Install it with: pip install 'bptrain[images]' (or pip install pillow)."
@@ -37,8 +37,6 @@ def _pillow():
 
 def list_images(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     """Files under root/<class>/ (recursively), their class indices, and the sorted class names."""
-    from bptrain.errors import UserError
-
     if not root.is_dir():
         raise UserError(
             f"data.root: no directory {root} (relative paths are resolved from {Path.cwd()}). "
@@ -76,8 +74,6 @@ def load_image(path: Path, size: int, grayscale: bool) -> torch.Tensor:
             )
             array = np.asarray(image, dtype=np.float32) / 255.0
     except OSError as err:
-        from bptrain.errors import UserError
-
         raise UserError(f"cannot read image {path}: {err}") from None
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
@@ -158,17 +154,15 @@ def build_imagefolder(
     cfg: ImageFolderData, seed: int, device: torch.device, rank: int, world_size: int
 ):
     """Split the file list (seeded), compute normalisation on the training files, and make loaders."""
-    from bptrain.data import DataBundle, DataSpec, _hold_out
-
     _pillow()  # fail early and clearly when Pillow is missing
     files, labels, classes = list_images(cfg.root)
     paths = np.asarray([str(f) for f in files])
     train, val, test = (paths, labels), None, None
     rng = np.random.default_rng(seed + 1)  # the same split stream as in-memory sources
     if cfg.test_fraction > 0:
-        train, test = _hold_out(train, cfg.test_fraction, rng, "test")
+        train, test = hold_out(train, cfg.test_fraction, rng, "test")
     if cfg.val_fraction > 0:
-        train, val = _hold_out(train, cfg.val_fraction / (1 - cfg.test_fraction), rng, "validation")
+        train, val = hold_out(train, cfg.val_fraction / (1 - cfg.test_fraction), rng, "validation")
     train_files = [Path(p) for p in train[0]]
     mean = std = None
     if cfg.mean is not None and cfg.std is not None:

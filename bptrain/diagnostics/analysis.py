@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from bptrain.diagnostics import curvature as curvature_mod
 from bptrain.diagnostics import flags as flags_mod
 from bptrain.diagnostics import gradcheck, noise, recurrent
+from bptrain.diagnostics.batches import Batch, LossFn, batch_size_of, call_model
 from bptrain.diagnostics.flags import Thresholds
 from bptrain.diagnostics.recording import Recorder, is_activation
 from bptrain.diagnostics.report import (
@@ -37,9 +38,16 @@ from bptrain.diagnostics.report import (
     Report,
 )
 from bptrain.diagnostics.theory import THEORY_LAYERS, chi, guess_init, sigma_w2
+from bptrain.grads import (
+    GRAD_NORM,
+    UPDATE_RATIO,
+    WEIGHT_NORM,
+    GradFlowMonitor,
+    layer_parameters,
+    norm_float64,
+    to_floats,
+)
 
-LossFn = Callable[[Any, Any], Tensor]
-Batch = tuple[Any, Any]
 MakeOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 
 
@@ -58,34 +66,6 @@ class InspectOptions:
     power_tolerance: float = 1e-4
     hutchinson_samples: int = 10
     seed: int = 0
-
-
-def call_model(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, dict):
-        return model(**x)
-    if isinstance(x, tuple | list):
-        return model(*x)
-    return model(x)
-
-
-def batch_size_of(x: Any) -> int:
-    if isinstance(x, Tensor):
-        return int(x.shape[0]) if x.ndim else 1
-    if isinstance(x, tuple | list) and x:
-        return batch_size_of(x[0])
-    if isinstance(x, dict) and x:
-        return batch_size_of(next(iter(x.values())))
-    return 0
-
-
-def owned_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Module path -> its direct parameters (full names), the grouping used everywhere."""
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
-    for path, module in model.named_modules():
-        own = [(f"{path}.{n}" if path else n, p) for n, p in module.named_parameters(recurse=False)]
-        if own:
-            groups[path or "(root)"] = own
-    return groups
 
 
 def run_batches(
@@ -126,14 +106,6 @@ def audit(name: str, param: nn.Parameter, in_optimizer: set[int] | None) -> Para
     return ParamAudit(name=name, shape=list(param.shape), status=status)  # type: ignore[arg-type]
 
 
-def norm_of(tensors: list[Tensor]) -> float:
-    if not tensors:
-        return float("nan")
-    return float(
-        torch.linalg.vector_norm(torch.stack([t.detach().double().norm() for t in tensors]))
-    )
-
-
 def following(recorder: Recorder, producer: str) -> str | None:
     """The module that consumed ``producer``'s output first (by tensor identity), if any."""
     for path in recorder.order:
@@ -143,9 +115,14 @@ def following(recorder: Recorder, producer: str) -> str | None:
 
 
 def build_layers(
-    work: nn.Module, recorder: Recorder, n_batches: int, in_optimizer: set[int] | None
+    work: nn.Module,
+    monitor: GradFlowMonitor,
+    recorder: Recorder,
+    n_batches: int,
+    in_optimizer: set[int] | None,
 ) -> list[LayerReport]:
-    groups = owned_parameters(work)
+    groups = layer_parameters(work)
+    stats = to_floats({**monitor.grad_stats(), **monitor.weight_norms()})
     order = [p for p in recorder.order if p in groups] + [
         p for p in groups if p not in recorder.order
     ]
@@ -153,9 +130,8 @@ def build_layers(
     for index, path in enumerate(order):
         module = recorder.modules.get(path) or work.get_submodule("" if path == "(root)" else path)
         params = groups[path]
-        grads = [p.grad for _, p in params if p.grad is not None]
-        grad_norm = norm_of(grads)
-        weight_norm = norm_of([p for _, p in params])
+        grad_norm = stats[GRAD_NORM + path]
+        weight_norm = stats[WEIGHT_NORM + path]
         moments = recorder.output_moments.get(path)
         scale = sigma_w2(module)
         layers.append(
@@ -269,14 +245,14 @@ def optimizer_info(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 def step_update_ratios(
     work: nn.Module,
+    monitor: GradFlowMonitor,
     optimizer: torch.optim.Optimizer,
     layers: list[LayerReport],
     loss_fn: LossFn,
     batch: Batch,
 ) -> None:
     """One real step on the (copied) model with the averaged gradient: Adam, momentum and decay all count."""
-    groups = owned_parameters(work)
-    before = {path: [p.detach().clone() for _, p in params] for path, params in groups.items()}
+    monitor.snapshot_weights()
 
     def closure() -> Tensor:
         optimizer.zero_grad()
@@ -289,12 +265,9 @@ def step_update_ratios(
             optimizer.step(closure)
         else:
             optimizer.step()
-    for layer in layers:
-        old = before[layer.name]
-        new = [p.detach() for _, p in groups[layer.name]]
-        delta = norm_of([b - a for a, b in zip(old, new, strict=True)])
-        base = norm_of(old)
-        layer.update_ratio = delta / base if base > 0 else None
+    ratios = to_floats(monitor.update_ratios())
+    for layer in layers:  # layer.weight_norm is ‖W‖ before this step
+        layer.update_ratio = ratios[UPDATE_RATIO + layer.name] if layer.weight_norm > 0 else None
 
 
 def inspect_gradients(
@@ -324,11 +297,12 @@ def inspect_gradients(
     for p in work.parameters():
         if p.grad is not None:
             p.grad.div_(len(batches))
-    layers = build_layers(work, recorder, len(batches), in_optimizer)
+    monitor = GradFlowMonitor(work, float64=True, include_frozen=True)
+    layers = build_layers(work, monitor, recorder, len(batches), in_optimizer)
     unique_grads = list({id(p): p.grad for p in work.parameters() if p.grad is not None}.values())
     report = Report(
         layers=layers,
-        global_grad_norm=norm_of(unique_grads),
+        global_grad_norm=norm_float64(unique_grads),
         loss=statistics.fmean(losses),
         batches=len(batches),
         batch_size=batch_size_of(batches[0][0]),
@@ -350,7 +324,7 @@ def inspect_gradients(
         report.optimizer = optimizer_info(optimizer)
     run_options(report, model, loss_fn, batches, options)
     if optimizer is not None and report.nonfinite is None:
-        step_update_ratios(work, optimizer, layers, loss_fn, batches[0])
+        step_update_ratios(work, monitor, optimizer, layers, loss_fn, batches[0])
     report.flags = collect_flags(report, options.thresholds)
     for layer in layers:
         layer.flags = [f for f in report.flags if f.layer == layer.name]

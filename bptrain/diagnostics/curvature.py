@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bptrain.diagnostics.batches import call_model
+
 
 def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
@@ -31,8 +33,6 @@ def hessian_vector_product_fn(
     model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batches: Sequence[tuple[Any, Any]]
 ) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
     """The parameters and v ↦ Hv for the loss averaged over ``batches`` (graph built once)."""
-    from bptrain.diagnostics.analysis import call_model
-
     params = [p for p in model.parameters() if p.requires_grad]
     loss = sum(loss_fn(call_model(model, x), y) for x, y in batches) / len(batches)
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)

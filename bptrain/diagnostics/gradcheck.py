@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bptrain.diagnostics.batches import call_model
+from bptrain.grads import layer_parameters
+
 EPSILON = 1e-6
 # Round-off of a float64 central difference is about ulp(L)/ε; entries whose gradient is smaller
 # than this many times that noise are compared against the noise floor instead (see relative_error).
@@ -58,8 +61,6 @@ def finite_difference_errors(
     seed: int = 0,
 ) -> dict[str, float]:
     """Max relative error |autograd − finite difference| per module path, on sampled entries."""
-    from bptrain.diagnostics.analysis import call_model, owned_parameters
-
     model64 = copy.deepcopy(model).double().eval()
     x, y = (
         to_float64(first_samples(batch[0], samples)),
@@ -70,7 +71,7 @@ def finite_difference_errors(
         with torch.no_grad():
             return float(loss_fn(call_model(model64, x), y))
 
-    groups = owned_parameters(model64)
+    groups = layer_parameters(model64)
     trainable = [p for params in groups.values() for _, p in params if p.requires_grad]
     loss = loss_fn(call_model(model64, x), y)
     grads = dict(

@@ -19,7 +19,7 @@ def _positive(values: list[float | None]) -> list[float]:
 
 def plot(report: Report, path: Path | str) -> Path:
     """Write ‖∇W‖ and ‖∂L/∂out‖ per layer (log scale, input to output) to ``path``."""
-    try:
+    try:  # imported here: matplotlib is an optional extra and slow to import
         import matplotlib
 
         matplotlib.use("Agg")

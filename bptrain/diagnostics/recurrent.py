@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bptrain.diagnostics.batches import call_model
+
 
 def _unrolled_forward(rnn: nn.RNNBase, steps: list[tuple[Tensor, Tensor]]) -> Callable[..., Any]:
     cls_forward = type(rnn).forward
@@ -56,8 +58,6 @@ def signal_through_time(
     model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], batch: tuple[Any, Any]
 ) -> list[dict[str, Any]]:
     """‖∂L/∂h_t‖ for t = 1..T and its per-step factor, for every recurrent layer."""
-    from bptrain.diagnostics.analysis import call_model
-
     results: list[dict[str, Any]] = []
     names = [n for n, m in model.named_modules() if isinstance(m, nn.RNNBase)]
     for name in names:

@@ -1,0 +1,53 @@
+"""What a built data source hands the rest of bptrain: ``DataSpec``, ``DataBundle``, and the
+seeded hold-out split that every source (in-memory arrays, image folders) uses for val/test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from bptrain.data.loaders import Batches
+from bptrain.data.sources import Arrays
+from bptrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the data tells the model and the loss, so users never repeat it in the config."""
+
+    task: Literal["classification", "regression"]
+    input_shape: tuple[int, ...]
+    num_classes: int | None
+    target_shape: tuple[int, ...]  # () for one class label per sample, (T,) for per-step labels
+    token_range: int | None = (
+        None  # max + 1 of integer-valued inputs (token ids); None for real inputs
+    )
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+@dataclass
+class DataBundle:
+    train: Batches
+    val: Batches | None
+    test: Batches | None
+    spec: DataSpec
+
+
+def hold_out(
+    arrays: Arrays, fraction: float, rng: np.random.Generator, what: str
+) -> tuple[Arrays, Arrays]:
+    """Split off a seeded random ``fraction`` of the samples (the validation or test split)."""
+    x, y = arrays
+    n_out = round(len(x) * fraction)
+    if n_out == 0 or n_out >= len(x):
+        raise UserError(
+            f"cannot hold out a {what} fraction of {fraction:.3g} from {len(x)} samples; change data.val_fraction/test_fraction."
+        )
+    order = rng.permutation(len(x))
+    keep, out = order[n_out:], order[:n_out]
+    return (x[keep], y[keep]), (x[out], y[out])
