@@ -301,7 +301,14 @@ class FailOn(str, Enum):
 @app.command(name="grad-inspect")
 def grad_inspect(
     config: ConfigArg,
-    overrides: OverridesArg = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=VALUE overrides as in fit; KEY=V1,V2,... (the syntax of `bptrain sweep`) "
+            "inspects every value side by side, every combination of several such keys.",
+            show_default=False,
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Inspect these weights instead of the initialisation.")
     ] = None,
@@ -324,7 +331,9 @@ def grad_inspect(
     ] = False,
     sweep: Annotated[
         list[str] | None,
-        typer.Option(help="KEY=V1,V2,... (repeatable): inspect every combination side by side."),
+        typer.Option(
+            hidden=True, help="Deprecated: give KEY=V1,V2,... as an argument (as `bptrain sweep`)."
+        ),
     ] = None,
     noise: Annotated[
         bool,
@@ -373,8 +382,8 @@ def sweep(
     axes: Annotated[
         list[str] | None,
         typer.Argument(
-            help="KEY=V1,V2,... per swept key (values parsed as YAML; lists stay whole: model.hidden=[64,64],[128]). "
-            "Every combination is run.",
+            help="KEY=V1,V2,... per swept key (values parsed as YAML; commas inside [], {}, () or quotes "
+            "stay in the value: model.hidden=[64,64],[128]). Every combination is run.",
             show_default=False,
         ),
     ] = None,

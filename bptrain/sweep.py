@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import itertools
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from bptrain.config import Config, load_config, to_yaml
 from bptrain.errors import UserError
+from bptrain.search_space import Axis, grid, parse_axes, split_values
 
 
 @dataclass
@@ -64,47 +64,14 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def split_values(text: str) -> list[str]:
-    """Split V1,V2,... at top-level commas, so list values such as [64,64] stay whole."""
-    parts, depth, quote, current = [], 0, "", ""
-    for char in text:
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    parts.append(current)
-    return [p.strip() for p in parts]
-
-
-def parse_axes(axes: list[str]) -> list[tuple[str, list[str]]]:
-    """["model.cell=rnn,lstm"] -> [("model.cell", ["rnn", "lstm"])], with usage errors for bad input."""
-    parsed = []
-    for axis in axes:
-        key, sep, values = axis.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", key) or not values.strip():
-            raise UserError(
-                f"sweep axis '{axis}': expected KEY=V1,V2,... with a dotted key, e.g. model.cell=rnn,lstm,gru "
-                "or model.hidden=[64,64],[128,128]."
-            )
-        if key in (k for k, _ in parsed):
-            raise UserError(
-                f"sweep axis '{key}' is given twice; list all its values in one KEY=V1,V2."
-            )
-        if key == "seed":
-            raise UserError(
-                "sweep over seeds with --seeds 0,1,2 (they become mean ± std), not seed=..."
-            )
-        parsed.append((key, split_values(values)))
-    return parsed
+def parse_sweep_axes(arguments: list[str]) -> list[Axis]:
+    """The command's KEY=V1,V2,... arguments (the grammar is ``search_space``'s); seeds go to --seeds."""
+    axes = parse_axes(arguments)
+    if any(axis.key == "seed" for axis in axes):
+        raise UserError(
+            "sweep over seeds with --seeds 0,1,2 (they become mean ± std), not seed=..."
+        )
+    return axes
 
 
 def parse_seeds(text: str | None) -> list[int | None]:
@@ -112,16 +79,16 @@ def parse_seeds(text: str | None) -> list[int | None]:
         return [None]
     try:
         return [int(s) for s in split_values(text)]
-    except ValueError:
+    except ValueError:  # not an integer, or an unclosed bracket
         raise UserError(
             f"--seeds {text}: expected integers separated by commas, e.g. 0,1,2."
         ) from None
 
 
-def expand(axes: list[tuple[str, list[str]]], seeds: list[int | None]) -> list[Variant]:
+def expand(axes: list[Axis], seeds: list[int | None]) -> list[Variant]:
     """The full grid (first axis slowest), each grid point repeated for every seed."""
     variants = []
-    for combo in itertools.product(*[[f"{k}={v}" for v in values] for k, values in axes]):
+    for combo in grid(axes):
         for seed in seeds:
             variants.append(Variant(tuple(combo), seed, label=" ".join(combo) or "(base)"))
     return variants
@@ -142,7 +109,7 @@ def run_sweep(
     """Run (or resume) the sweep; return the comparison rows and the sweep directory."""
     base = load_config(config, overrides)  # a bad base config is a usage error for the whole sweep
     root = sweep_dir_for(base)
-    variants = expand(parse_axes(axes), parse_seeds(seeds))
+    variants = expand(parse_sweep_axes(axes), parse_seeds(seeds))
     root.mkdir(parents=True, exist_ok=True)
     console.print(f"sweep of {len(variants)} run(s) under {root}")
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from bptrain.cli import app
 from bptrain.errors import UserError
-from bptrain.sweep import expand, parse_axes, split_values
+from bptrain.search_space import split_values
+from bptrain.sweep import expand, parse_sweep_axes
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -48,7 +49,7 @@ def test_values_split_at_top_level_commas_only():
 
 
 def test_grid_is_the_product_of_axes_times_seeds():
-    variants = expand(parse_axes(["a.b=1,2", "c=x,y,z"]), [0, 1])
+    variants = expand(parse_sweep_axes(["a.b=1,2", "c=x,y,z"]), [0, 1])
     assert len(variants) == 12
     assert variants[0].overrides == ["a.b=1", "c=x", "seed=0"]
     assert len({v.slug for v in variants}) == 12
@@ -57,7 +58,7 @@ def test_grid_is_the_product_of_axes_times_seeds():
 @pytest.mark.parametrize("axis", ["model.cell", "=1,2", "seed=1,2"])
 def test_bad_axes_are_usage_errors(axis):
     with pytest.raises(UserError):
-        parse_axes([axis])
+        parse_sweep_axes([axis])
 
 
 def test_sweep_table_reports_mean_and_std_over_seeds(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,44 +22,35 @@ from bptrain.diagnostics.plot import plot
 from bptrain.diagnostics.render import print_report, sweep_table
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
+from bptrain.search_space import distinct, grid, is_multi_valued, parse_axes
 
 SweepPoint = tuple[str, list[str]]
 
 
-def split_values(text: str) -> list[str]:
-    """Split ``V1,V2`` on commas outside brackets, so ``[64,64],[128]`` gives two lists."""
-    values: list[str] = []
-    depth = 0
-    current = ""
-    for char in text:
-        depth += char in "[{("
-        depth -= char in "]})"
-        if char == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += char
-    values.append(current)
-    return [v.strip() for v in values]
+def sweep_points(arguments: list[str], sweep: list[str]) -> tuple[list[str], list[SweepPoint]]:
+    """Split the arguments into plain overrides and axes, and list every grid point as (label, overrides).
+
+    An argument with several values (``model.activation=sigmoid,relu``, the grammar of
+    ``bptrain.search_space``) is an axis; any other is a ``KEY=VALUE`` override, as in ``fit``.
+    ``sweep`` holds the axes given with the deprecated ``--sweep`` option.
+    """
+    overrides = [a for a in arguments if not is_multi_valued(a)]
+    axes = distinct(
+        [
+            *parse_axes([a for a in arguments if is_multi_valued(a)]),
+            *parse_axes(sweep, where="--sweep"),
+        ]
+    )
+    return overrides, [(_label(combo), list(combo)) for combo in grid(axes)]
 
 
-def sweep_grid(sweep: list[str]) -> list[SweepPoint]:
-    """Every combination of ``KEY=V1,V2,...`` options as (label, extra overrides)."""
-    axes: list[list[str]] = []
-    for item in sweep:
-        key, sep, values = item.partition("=")
-        parts = split_values(values) if sep else []
-        if not key.strip() or not parts or any(not v for v in parts):
-            raise UserError(
-                f"--sweep '{item}': expected KEY=V1,V2,... e.g. model.activation=sigmoid,tanh,relu"
-            )
-        axes.append([f"{key.strip()}={v}" for v in parts])
-    if not axes:
-        return [("", [])]
-    return [
-        (" ".join(o.split(".")[-1] for o in combo), list(combo))
-        for combo in itertools.product(*axes)
-    ]
+def _label(combo: tuple[str, ...]) -> str:
+    """``model.activation=relu optimizer.lr=0.1`` -> ``activation=relu lr=0.1``."""
+    short = []
+    for override in combo:
+        key, _, value = override.partition("=")
+        short.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(short)
 
 
 def inspect_config(
@@ -154,8 +146,16 @@ def run_grad_inspect(
     if fail_on not in (None, "warning", "error"):
         raise UserError(f"--fail-on must be warning or error, not {fail_on!r}")
     options = InspectOptions(check_gradients=check_gradients, noise=noise, curvature=curvature)
+    overrides, points = sweep_points(overrides, sweep)
+    if sweep:
+        console.print(
+            "note: --sweep is deprecated: write the axes as arguments, as `bptrain sweep` takes "
+            f"them: bptrain grad-inspect {shlex.quote(str(config_path))} {shlex.join(sweep)}",
+            markup=False,
+            highlight=False,
+        )
     results: list[tuple[SweepPoint, Report]] = []
-    for point in sweep_grid(sweep):
+    for point in points:
         report, used = inspect_config(
             config_path, [*overrides, *point[1]], checkpoint, batches, options
         )

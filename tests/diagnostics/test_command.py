@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bptrain.diagnostics.command import run_grad_inspect, split_values, sweep_grid
+from bptrain.diagnostics.command import run_grad_inspect, sweep_points
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, UserError
 
 CONFIG = """\
@@ -77,9 +77,12 @@ def test_sweep_renders_side_by_side_and_writes_every_report(config: Path, tmp_pa
     json_path = tmp_path / "sweep.json"
     code, text = _run(
         config,
-        DEEP_SIGMOID[:1],
+        [
+            DEEP_SIGMOID[0],
+            "model.activation=sigmoid,relu",
+            "model.init=xavier_normal,kaiming_normal",
+        ],
         json_path=json_path,
-        sweep=["model.activation=sigmoid,relu", "model.init=xavier_normal,kaiming_normal"],
     )
     assert code == 0
     data = json.loads(json_path.read_text())
@@ -100,9 +103,18 @@ def test_sweep_renders_side_by_side_and_writes_every_report(config: Path, tmp_pa
     assert "activation=relu init=kaiming_normal" in text and "factor/layer" in text
 
 
-def test_sweep_values_split_outside_brackets() -> None:
-    assert split_values("[64,64],[128]") == ["[64,64]", "[128]"]
-    assert sweep_grid(["model.hidden=[8,8],[16]"])[1] == ("hidden=[16]", ["model.hidden=[16]"])
+def test_arguments_with_several_values_are_axes_the_rest_overrides() -> None:
+    overrides, points = sweep_points(
+        ["model.hidden=[8,8],[16]", "optimizer.lr=0.1", "model.hidden2=[8,8]"], []
+    )
+    assert overrides == ["optimizer.lr=0.1", "model.hidden2=[8,8]"]
+    assert points[1] == ("hidden=[16]", ["model.hidden=[16]"])
+    # the deprecated --sweep axes join the grid after the argument axes; labels keep dotted values
+    _, points = sweep_points(["optimizer.lr=0.1,0.01"], ["model.init=xavier_normal"])
+    assert [label for label, _ in points] == [
+        "lr=0.1 init=xavier_normal",
+        "lr=0.01 init=xavier_normal",
+    ]
 
 
 @pytest.mark.parametrize("bad", [["model.activation"], ["=relu"], ["model.activation=relu,,tanh"]])
