@@ -93,3 +93,24 @@ def test_frozen_parameters_are_not_monitored() -> None:
 
 def _backward_2d(model: nn.Module) -> None:
     model(torch.randn(4, 2)).sum().backward()
+
+
+def test_grad_inspect_mode_is_float64_and_counts_frozen_weights_not_as_missing() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    model[0].weight.requires_grad_(False)
+    _backward(model)
+    monitor = GradFlowMonitor(model, float64=True, include_frozen=True)
+    stats = {**monitor.grad_stats(), **monitor.weight_norms()}
+    assert stats["grad_norm/layer/0"].dtype == torch.float64
+    floats = to_floats(stats)
+    first = model[0]
+    assert floats["grad_norm/layer/0"] == float(first.bias.grad.double().norm())
+    both = torch.stack([first.weight.double().norm(), first.bias.double().norm()])
+    assert floats["weight_norm/layer/0"] == float(torch.linalg.vector_norm(both))
+    assert "missing_grads/layer/0" not in floats
+    # fit's monitor leaves frozen parameters out altogether
+    assert [id(p) for p in GradFlowMonitor(model).params] == [
+        id(first.bias),
+        id(model[1].weight),
+        id(model[1].bias),
+    ]
