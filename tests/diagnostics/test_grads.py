@@ -105,7 +105,7 @@ def test_grad_inspect_mode_is_float64_and_counts_frozen_weights_not_as_missing()
     floats = to_floats(stats)
     first = model[0]
     assert floats["grad_norm/layer/0"] == float(first.bias.grad.double().norm())
-    both = torch.stack([first.weight.double().norm(), first.bias.double().norm()])
+    both = torch.stack([first.weight.detach().double().norm(), first.bias.detach().double().norm()])
     assert floats["weight_norm/layer/0"] == float(torch.linalg.vector_norm(both))
     assert "missing_grads/layer/0" not in floats
     # fit's monitor leaves frozen parameters out altogether
