@@ -460,6 +460,39 @@ def report(
     _guarded(run)
 
 
+@app.command()
+def runs(
+    directory: Annotated[
+        Path, typer.Argument(help="Where the runs are (a logging.run_dir, a sweep, one run).")
+    ] = Path("runs"),
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            help="Sort by a column: a metric (val/acc, 'best val/loss'), a config key, status, epochs, run."
+        ),
+    ] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort in descending order.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON list of runs on stdout and nothing else.")
+    ] = False,
+) -> None:
+    """List the runs under DIRECTORY: status, what differs in their configs, final and best metrics."""
+
+    def run() -> None:
+        from bptrain.runs import list_runs, print_runs
+
+        table = list_runs(directory, sort, desc)
+        if as_json:
+            sys.stdout.write(json.dumps(table, default=str) + "\n")
+        else:
+            from rich.console import Console
+
+            # wide when written to a file or pipe: the table has a column per metric
+            print_runs(Console(width=None if sys.stdout.isatty() else 200), table)
+
+    _guarded(run)
+
+
 @app.command(name="lr-find")
 def lr_find(
     config: ConfigArg,
