@@ -42,7 +42,8 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_defaul
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Dotted overrides KEY=VALUE, values parsed as YAML, e.g. optimizer.lr=3e-4 model.hidden=[128,128].",
+        help="Dotted overrides KEY=VALUE, values parsed as YAML, e.g. optimizer.lr=3e-4 model.hidden=[128,128]; "
+        "further config files (x.yaml) merge onto CONFIG left to right, before the overrides.",
         show_default=False,
     ),
 ]
@@ -536,11 +537,34 @@ def lr_find(
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg, overrides: OverridesArg = None) -> None:
-    """Print the fully resolved config (every default spelled out) as YAML."""
-    from bptrain.config import load_config, to_yaml
+def config_show(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    origins: Annotated[
+        bool,
+        typer.Option(
+            "--origins",
+            help="Show where each value came from (file:line, command-line override, or default).",
+        ),
+    ] = False,
+) -> None:
+    """Print the fully resolved config (every default spelled out) as YAML.
 
-    _guarded(lambda: sys.stdout.write(to_yaml(load_config(config, overrides or []))))
+    Several files merge left to right (bptrain config show base.yaml small.yaml lr=...), after their base: files.
+    """
+
+    def run() -> None:
+        from bptrain.config import load_config_with_origins, to_dict, to_yaml
+
+        cfg, where, raw = load_config_with_origins(config, overrides or [])
+        if not origins:
+            sys.stdout.write(to_yaml(cfg))
+            return
+        from bptrain.config.compose import origin_lines
+
+        sys.stdout.write("\n".join(origin_lines(to_dict(cfg), where, raw)) + "\n")
+
+    _guarded(run)
 
 
 @config_app.command("validate")

@@ -14,6 +14,7 @@ The package imports pydantic and yaml but never torch: ``config validate`` and
 - ``data``, ``model``, ``optim`` (loss, optimizer, scheduler), ``trainer`` (trainer, logging): the sections;
 - ``schema``: the root ``Config`` and ``models_in``;
 - ``loading``: safe YAML with line numbers, overrides, ``load_config`` and ``validate_config``;
+- ``compose``: ``base:`` includes, several files, ``${env:VAR}``, variant shorthands, origins;
 - ``error_messages``: validation errors with file, line, key path and a did-you-mean;
 - ``dump``: ``to_dict``, ``to_yaml`` and ``json_schema``.
 
@@ -44,7 +45,9 @@ from bptrain.config.error_messages import format_validation_error
 from bptrain.config.loading import (
     YamlLoader,
     apply_override,
+    compose_config,
     load_config,
+    load_config_with_origins,
     parse_override,
     parse_yaml,
     validate_config,
@@ -143,9 +146,11 @@ __all__ = [
     "XorData",
     "YamlLoader",
     "apply_override",
+    "compose_config",
     "format_validation_error",
     "json_schema",
     "load_config",
+    "load_config_with_origins",
     "models_in",
     "parse_override",
     "parse_yaml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from bptrain.config.base import KeyPath
+from bptrain.config.compose import Layers, split_files, variant_fields
 from bptrain.config.error_messages import format_validation_error
 from bptrain.config.schema import Config
 from bptrain.errors import ConfigError, UserError
@@ -119,8 +121,48 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config, apply ``key.path=value`` overrides, and validate the result."""
-    path = Path(path)
+    """Read a YAML config (and its bases, and further files among the overrides), apply the
+    ``key.path=value`` overrides, and validate the result."""
+    data, origins, source = compose_config(path, overrides)
+    return validate_config(data, origins, source)
+
+
+def load_config_with_origins(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[Config, dict[KeyPath, str], dict[str, Any]]:
+    """load_config, plus where each value came from and the raw merged values (config show --origins)."""
+    data, origins, source = compose_config(path, overrides)
+    raw = copy.deepcopy(data)
+    return validate_config(data, origins, source), origins, raw
+
+
+def compose_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[KeyPath, str], str]:
+    """The merged, interpolated values before validation, their origins, and the name for errors.
+
+    Files: CONFIG, then any ``*.yaml`` among the overrides, left to right, each after its
+    ``base:`` files (config/compose.py); then the KEY=VALUE overrides in order."""
+    extra, overrides = split_files(overrides)
+    files = [Path(path), *extra]
+    layers = Layers(ConfigError, variant_fields)
+    for file in files:
+        layers.add_file(file, read_file)
+    for text_override in overrides:
+        keys, value = parse_override(text_override)
+        layers.override(keys, value, text_override)
+    layers.interpolate(parse_value)
+    layers.print_notes()
+    data = layers.data
+    data.setdefault("logging", {})
+    if isinstance(data["logging"], dict) and data["logging"].get("name") is None:
+        data["logging"]["name"] = "+".join(f.stem for f in files)
+        layers.origins[("logging", "name")] = "default: the config file name(s)"
+    return data, layers.origins, str(files[0])
+
+
+def read_file(path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    """One config file's values and line numbers; a missing or unreadable file is a usage error."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -129,22 +171,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"config path is a directory, not a YAML file: {path}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file {path}: {err}") from None
-    data, lines = parse_yaml(text, str(path))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the top level must be a mapping of sections (seed, data, model, ...), not {type(data).__name__}."
-        )
-    origins: dict[KeyPath, str] = {key: f"{path}, line {line}" for key, line in lines.items()}
-    for text_override in overrides:
-        keys, value = parse_override(text_override)
-        apply_override(data, keys, value, text_override)
-        origins[tuple(keys)] = f"command-line override '{text_override}'"
-    data.setdefault("logging", {})
-    if isinstance(data["logging"], dict) and data["logging"].get("name") is None:
-        data["logging"]["name"] = path.stem
-    return validate_config(data, origins, str(path))
+    return parse_yaml(text, str(path))
+
+
+def parse_value(text: str) -> Any:
+    """A scalar as YAML reads it (for ${env:...} values): 3e-4 is a float, [1, 2] a list."""
+    try:
+        return yaml.load(text, Loader=YamlLoader) if text.strip() else None
+    except yaml.YAMLError:
+        return text
 
 
 def validate_config(
