@@ -162,6 +162,17 @@ def fit(
     _guarded(run)
 
 
+class SearchKind(str, Enum):
+    random = "random"
+    tpe = "tpe"
+
+
+class PrunerKind(str, Enum):
+    median = "median"
+    halving = "halving"
+    none = "none"
+
+
 @app.command()
 def submit(
     config: ConfigArg,
@@ -210,8 +221,38 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the batch script instead of submitting it.")
     ] = False,
+    sweep_axis: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="A search axis (repeatable), as for bptrain sweep: the job runs an Optuna search "
+            "(with --search, --trials, --array).",
+        ),
+    ] = None,
+    search: Annotated[
+        SearchKind, typer.Option(help="The search's sampler (with --sweep).")
+    ] = SearchKind.tpe,
+    trials: Annotated[
+        int,
+        typer.Option(min=1, help="Trials in the study, all array tasks together (with --sweep)."),
+    ] = 20,
+    pruner: Annotated[PrunerKind, typer.Option(help="The search's pruner (with --sweep).")] = (
+        PrunerKind.median
+    ),
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds of every trial, e.g. 0,1,2 (with --sweep).")
+    ] = None,
+    array: Annotated[
+        str | None,
+        typer.Option(
+            help="A job array, e.g. 0-7 (8 tasks) or 0-15%4: each task is a worker of the --sweep's study."
+        ),
+    ] = None,
 ) -> None:
-    """Submit CONFIG as a SLURM batch job (DDP over srun) that checkpoints, requeues and resumes itself."""
+    """Submit CONFIG as a SLURM batch job (DDP over srun) that checkpoints, requeues and resumes itself.
+
+    With --sweep AXIS ... --array 0-7, an array of 8 tasks that share one Optuna study (see bptrain sweep --search).
+    """
 
     def run() -> None:
         from bptrain.config import load_config
@@ -219,6 +260,15 @@ def submit(
         from bptrain.slurm import submit as sbatch
 
         cfg = load_config(config, overrides or [])
+        sweep_args = None
+        if sweep_axis:
+            from bptrain.search import parse_search_axes
+            from bptrain.sweep import parse_seeds
+
+            parse_search_axes(sweep_axis)  # a malformed axis fails here, not in every task
+            parse_seeds(seeds)
+            sweep_args = [*sweep_axis, "--search", search.value, "--trials", str(trials)]
+            sweep_args += ["--pruner", pruner.value, *(["--seeds", seeds] if seeds else [])]
         spec = JobSpec(
             config=config.resolve(),
             overrides=overrides or [],
@@ -236,12 +286,22 @@ def submit(
             workdir=Path.cwd(),
             output=output,
             sbatch_args=sbatch_arg or [],
+            sweep=sweep_args,
+            array=array,
         )
         script = render(spec)
         if dry_run:
             sys.stdout.write(script)
             return
         job_id = sbatch(script)
+        if sweep_args is not None:
+            from bptrain.search import search_dir_for
+
+            typer.echo(
+                f"submitted job {job_id}: the search's study and runs are in {search_dir_for(cfg)}/; "
+                f"bptrain sweep {config} {' '.join(sweep_args)} prints its table"
+            )
+            return
         typer.echo(
             f"submitted job {job_id}: runs under {cfg.logging.run_dir}/{spec.job_name}-job{job_id}/; "
             f"log {output.replace('%x', spec.job_name).replace('%j', job_id)}"
@@ -401,10 +461,31 @@ def sweep(
         list[str] | None,
         typer.Option("--set", help="A KEY=VALUE override applied to every variant (repeatable)."),
     ] = None,
+    search: Annotated[
+        SearchKind | None,
+        typer.Option(
+            help="Search instead of the grid: random or tpe (Optuna), --trials of them. Axes may be "
+            "distributions: KEY=loguniform(1e-4,1e-1), uniform(LOW,HIGH), int(LOW,HIGH), choice(V1,V2,...)."
+        ),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Trials in the study (with --search), all workers together.")
+    ] = 20,
+    pruner: Annotated[
+        PrunerKind,
+        typer.Option(
+            help="Stop weak trials early on the monitored validation metric (with --search)."
+        ),
+    ] = PrunerKind.median,
+    worker: Annotated[
+        bool, typer.Option("--worker", hidden=True, help="Run trials of the study, nothing else.")
+    ] = False,
 ) -> None:
     """Train every combination of the given values (and seeds) and compare them in one table.
 
     Runs go to <logging.run_dir>/<name>-sweep/ (tensorboard --logdir there overlays them); the table is printed and saved as sweep.csv, sweep.json and sweep.md. Running the same sweep again skips finished variants and resumes interrupted ones. Exit 1 if any variant failed.
+
+    With --search random|tpe, an Optuna study in <logging.run_dir>/<name>-search/ (shared by --jobs workers, a resumed search and SLURM array tasks) runs --trials trials, pruning weak ones, and writes best.yaml (bptrain fit runs it as is).
     """
     from rich.console import Console
 
@@ -413,6 +494,11 @@ def sweep(
         from bptrain.train import Interrupted
 
         try:
+            if search is not None:
+                return _search(
+                    config, axes or [], override or [], seeds, jobs, search, trials, pruner, worker
+                )
+            _no_distributions(axes or [])
             rows, _ = run_sweep(config, axes or [], override or [], seeds, jobs, Console())
         except Interrupted as stop:
             _stderr_console().print(
@@ -492,6 +578,51 @@ def runs(
             print_runs(Console(width=None if sys.stdout.isatty() else 200), table)
 
     _guarded(run)
+
+
+def _search(
+    config: Path,
+    axes: list[str],
+    overrides: list[str],
+    seeds: str | None,
+    jobs: int,
+    kind: SearchKind,
+    trials: int,
+    pruner: PrunerKind,
+    worker: bool,
+) -> int:
+    from rich.console import Console
+
+    from bptrain.search import SearchArgs, parse_search_axes, run_search
+    from bptrain.sweep import parse_seeds
+
+    args = SearchArgs(
+        config,
+        parse_search_axes(axes),
+        overrides,
+        parse_seeds(seeds),
+        kind.value,
+        pruner.value,
+        trials,
+    )
+    if not args.axes:
+        raise UserError(
+            "--search needs at least one axis, e.g. 'optimizer.lr=loguniform(1e-4,1e-1)'."
+        )
+    rows, _ = run_search(args, jobs, worker, Console())
+    return EXIT_TRAINING_FAILED if any(row["status"] in ("fail", "failed") for row in rows) else 0
+
+
+def _no_distributions(axes: list[str]) -> None:
+    from bptrain.search import parse_distribution
+
+    for axis in axes:
+        key, _, values = axis.partition("=")
+        if parse_distribution(key, values) is not None:
+            raise UserError(
+                f"sweep axis '{axis}' is a distribution: a grid cannot enumerate it. Add "
+                "--search random or --search tpe (with --trials N), or list values: KEY=V1,V2,..."
+            )
 
 
 @app.command(name="lr-find")

@@ -51,6 +51,10 @@ class JobSpec:
     workdir: Path | None = None  # default: where sbatch runs
     output: str = "slurm-%x-%j.out"
     sbatch_args: list[str] = field(default_factory=list)
+    # a search: the job is an array whose tasks are workers of one Optuna study (bptrain sweep
+    # --search ... --worker); `sweep` holds the arguments after `bptrain sweep CONFIG`
+    sweep: list[str] | None = None
+    array: str | None = None  # sbatch --array, e.g. 0-7 or 0-15%4
 
     @property
     def tasks_per_node(self) -> int:
@@ -81,6 +85,7 @@ def render(spec: JobSpec) -> str:
         ),
         ("requeue", True, "allow requeueing (scontrol requeue, preemption)"),
         ("open-mode", "append", "requeued runs append to the same log"),
+        ("array", spec.array, "each array task is one worker of the study"),
         ("output", spec.output, ""),
         ("chdir", spec.workdir, ""),
     ]
@@ -91,11 +96,14 @@ def render(spec: JobSpec) -> str:
         text = f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={value}"
         lines.append(f"{text:<44}# {comment}".rstrip(" #") if comment else text)
     lines += [f"#SBATCH {arg}" for arg in spec.sbatch_args]
-    command = [
-        " ".join(_quote(a) for a in (spec.python, "-m", "bptrain", "fit", str(spec.config))),
-        *(_quote(override) for override in spec.overrides),
-        _quote(f"logging.name={spec.job_name}-job$SLURM_JOB_ID") + " --resume auto",
-    ]
+    if spec.sweep is not None:
+        command = _sweep_command(spec)
+    else:
+        command = [
+            " ".join(_quote(a) for a in (spec.python, "-m", "bptrain", "fit", str(spec.config))),
+            *(_quote(override) for override in spec.overrides),
+            _quote(f"logging.name={spec.job_name}-job$SLURM_JOB_ID") + " --resume auto",
+        ]
     requeue_codes = (
         f"{EXIT_SIGUSR1}|{EXIT_SIGTERM}" if spec.requeue_on_sigterm else f"{EXIT_SIGUSR1}"
     )
@@ -106,6 +114,18 @@ def render(spec: JobSpec) -> str:
         sigterm_note=_SIGTERM_REQUEUE if spec.requeue_on_sigterm else _SIGTERM_NO_REQUEUE,
     )
     return "\n".join(lines) + "\n" + body
+
+
+def _sweep_command(spec: JobSpec) -> list[str]:
+    """One worker of the study: it runs trials until the study has --trials, then exits 0.
+
+    The run name is not made per job: every task, and a later array, shares the one study in
+    <logging.run_dir>/<name>-search/. A trial stopped by the time-limit warning is handed back to
+    the study (run again by the next worker, from its checkpoint) and the task requeued."""
+    words = [spec.python, "-m", "bptrain", "sweep", str(spec.config), *(spec.sweep or [])]
+    for override in spec.overrides:
+        words += ["--set", override]
+    return [" ".join(_quote(w) for w in words) + " --worker"]
 
 
 def submit(script: str) -> str:
@@ -131,6 +151,21 @@ def _check(spec: JobSpec) -> None:
         )
     if spec.warn_seconds < 1:
         raise UserError("--warn-seconds must be at least 1.")
+    if spec.array is not None:
+        if spec.sweep is None:
+            raise UserError(
+                "--array runs the tasks of a search: add --sweep AXIS (repeatable) --search tpe "
+                "--trials N, e.g. --sweep 'optimizer.lr=loguniform(1e-4,1e-1)'."
+            )
+        if not re.fullmatch(r"\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?", spec.array):
+            raise UserError(
+                f"--array {spec.array}: use SLURM's syntax, e.g. 0-7, 0-15%4 (at most 4 at once) or 1,3,5."
+            )
+    if spec.sweep is not None and (spec.nodes > 1 or spec.tasks_per_node > 1):
+        raise UserError(
+            "a search job runs one process per array task: drop --nodes/--ntasks-per-node/"
+            "--gpus-per-node above 1 and use --array 0-N for N+1 workers."
+        )
     if spec.gpus_per_node and spec.ntasks_per_node not in (None, spec.gpus_per_node):
         raise UserError(
             f"--ntasks-per-node {spec.ntasks_per_node} with --gpus-per-node {spec.gpus_per_node}: "
