@@ -272,7 +272,7 @@ class NullLog:
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, summary: Any = None) -> None:
         pass
 
 

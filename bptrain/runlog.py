@@ -42,11 +42,27 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-class RunLog:
-    """Appends metrics to metrics.jsonl and (optionally) TensorBoard."""
+# TensorBoard tags that differ from the metrics.jsonl key: the epoch mean of the training loss
+# gets its own curve, so `train/loss` (the per-step values) does not zig-zag between the two.
+EPOCH_TAGS = {"train/loss": "train/loss_epoch"}
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+
+class RunLog:
+    """Appends metrics to metrics.jsonl and (optionally) TensorBoard and MLflow.
+
+    ``config`` (the resolved config as a dict) becomes TensorBoard hparams and MLflow params;
+    ``close(summary)`` adds the final and best metrics to TensorBoard's HParams tab and closes
+    the MLflow run (tracking.py, mlflow_log.py)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        config: dict[str, Any] | None = None,
+        mlflow: Any = None,
+    ) -> None:
         self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.config = config or {}
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import (
@@ -54,6 +70,9 @@ class RunLog:
             )
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        from bptrain.tracking import open_mlflow
+
+        self.mlflow = open_mlflow(mlflow, run_dir, self.config)
 
     def log(
         self, kind: str, step: int, metrics: dict[str, Any], tb_only: dict[str, float] | None = None
@@ -62,13 +81,16 @@ class RunLog:
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
+            renamed = EPOCH_TAGS if kind == "epoch" else {}
             for key, value in {**metrics, **(tb_only or {})}.items():
                 if (
                     isinstance(value, int | float)
                     and not isinstance(value, bool)
                     and key not in ("step", "epoch")
                 ):
-                    self.tb.add_scalar(key, value, step)
+                    self.tb.add_scalar(renamed.get(key, key), value, step)
+        if self.mlflow is not None:
+            self.mlflow.log(kind, step, metrics)
 
     def histograms(self, step: int, values: dict[str, Any]) -> None:
         """TensorBoard histograms (weights, gradients, activations); a no-op without TensorBoard."""
@@ -76,7 +98,14 @@ class RunLog:
             for tag, tensor in values.items():
                 self.tb.add_histogram(tag, tensor.cpu(), step)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Close the files; with the run's summary, record its hparams row and finish MLflow."""
         self.jsonl.close()
         if self.tb is not None:
+            if summary is not None:
+                from bptrain.tracking import write_hparams
+
+                write_hparams(self.tb, self.config, summary)
             self.tb.close()
+        if self.mlflow is not None and summary is not None:
+            self.mlflow.finish(str(summary.get("status", "completed")))

@@ -46,7 +46,7 @@ from bptrain.checkpoint import (
     save_safetensors,
 )
 from bptrain.components import build_components
-from bptrain.config import Config, GradClip, LoggingConfig, to_yaml
+from bptrain.config import Config, GradClip, LoggingConfig, to_dict, to_yaml
 from bptrain.data import Batches, DataBundle
 from bptrain.early_stopping import EarlyStopping
 from bptrain.errors import TrainingError, UserError
@@ -77,9 +77,15 @@ if TYPE_CHECKING:
 __all__ = ["Interrupted", "Run", "StepResult", "build_run", "fit", "train_step"]
 
 
-def fit(cfg: Config, console: Console, resume: str | None = None) -> dict[str, Any]:
-    """Train as the config says; return the summary (also written to summary.json)."""
+def fit(
+    cfg: Config, console: Console, resume: str | None = None, pruning: Any = None
+) -> dict[str, Any]:
+    """Train as the config says; return the summary (also written to summary.json).
+
+    ``pruning``: a search's trial (search.PruningReport): ``epoch_end(metrics)`` is called after
+    each validated epoch is recorded and says whether to stop; the run then ends ``pruned``."""
     run = build_run(cfg, console, resume)
+    run.pruning = pruning
     loop, accumulate = run.loop, cfg.trainer.accumulate_grad_batches
     progress = ConsoleProgress(console, run.progress_mode, run.total_steps)
     started = time.perf_counter()
@@ -177,6 +183,8 @@ class Run:
     stop: StopFlag
     resumed_from: Path | None
     sharded: ShardedState | None = None  # FSDP: the full state, gathered for checkpoints
+    pruning: Any = None  # a search's trial: asked after each validation whether to stop
+    pruned: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -188,7 +196,7 @@ class Run:
 
     def finished(self) -> bool:
         stopped = self.stopper is not None and self.stopper.should_stop
-        return stopped or self.limits_reached()
+        return stopped or self.pruned or self.limits_reached()
 
     def limits_reached(self) -> bool:
         return self.loop.epoch >= self.cfg.trainer.max_epochs or self.loop.step >= self.total_steps
@@ -313,7 +321,9 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if dist.is_main:
         _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
     log = (
-        _writable(lambda: RunLog(run_dir, cfg.logging.tensorboard))
+        _writable(
+            lambda: RunLog(run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow)
+        )
         if dist.is_main
         else distributed.NullLog()
     )
@@ -552,8 +562,9 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
     if run.dist.is_main:
         run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
-    early_stopped = stopper is not None and stopper.should_stop
-    if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or early_stopped:
+    run.pruned = validated and run.pruning is not None and run.pruning.epoch_end(metrics)
+    stopped = (stopper is not None and stopper.should_stop) or run.pruned
+    if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
         run.save_last()
     return metrics
 
@@ -561,7 +572,11 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
 def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str, Any]:
     """Restore the best weights if asked, export the final model, test it, write summary.json."""
     cfg, loop, stopper, console = run.cfg, run.loop, run.stopper, run.console
-    if stopper is not None and stopper.should_stop:
+    if run.pruned:
+        status, stop_reason = "pruned", f"pruned by the search after epoch {loop.epoch}"
+        console.print(f"[bold]pruned[/bold] by the search after epoch {loop.epoch}")
+        run.log.log("event", loop.step, {"event": "pruned"})
+    elif stopper is not None and stopper.should_stop:
         status, stop_reason = "early_stopped", f"early stopping: {stopper.reason}"
         console.print(
             f"[bold]early stopping[/bold] at epoch {stopper.stopped_epoch}: {stopper.reason}"
@@ -615,7 +630,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
     }
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)
-    run.log.close()
+    run.log.close(summary)
     print_summary(console, summary)
     return summary
 

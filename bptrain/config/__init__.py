@@ -89,6 +89,7 @@ from bptrain.config.trainer import (
     EarlyStoppingConfig,
     GradClip,
     LoggingConfig,
+    MlflowConfig,
     TrainerConfig,
 )
 
@@ -119,6 +120,7 @@ __all__ = [
     "LossConfig",
     "MLPModel",
     "MajorityData",
+    "MlflowConfig",
     "ModelConfig",
     "MomentumOptimizer",
     "MoonsData",

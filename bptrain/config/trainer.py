@@ -136,6 +136,17 @@ class TrainerConfig(Section):
 # --------------------------------------------------------------------------- logging
 
 
+class MlflowConfig(Section):
+    """Also record the run in MLflow (needs `pip install 'bptrain[mlflow]'`): the config as params, every metric with its step, and config.yaml, summary.json and the best checkpoint as artifacts."""
+
+    tracking_uri: str | None = None
+    """Where: a directory (`mlruns`, `file:///abs/mlruns`), `sqlite:///mlflow.db`, or a server (`http://host:5000`). null: MLflow's default (the MLFLOW_TRACKING_URI environment variable, else its local default)."""
+    experiment: str = "bptrain"
+    """MLflow experiment the run goes in (created if missing)."""
+    run_name: str | None = None
+    """MLflow run name; null: logging.name."""
+
+
 class LoggingConfig(Section):
     run_dir: Path = Path("runs")
     """Parent directory of run directories: each run writes <run_dir>/<name>/<timestamp>/."""
@@ -153,3 +164,5 @@ class LoggingConfig(Section):
     """Interval of the histograms (they cost far more than scalars); rounded to a log step."""
     progress: Literal["auto", "rich", "plain", "off"] = "auto"
     """Console progress: auto is a live bar on a terminal and one plain line per log interval otherwise (batch jobs, CI)."""
+    mlflow: MlflowConfig | None = None
+    """Also log to MLflow (`logging.mlflow: {tracking_uri: sqlite:///mlflow.db}`); null: off."""
