@@ -156,3 +156,30 @@ def test_bad_distributions_are_usage_errors(cli, tmp_path: Path) -> None:
         assert hint in result.output and axis.split("=")[0] in result.output
     grid = cli("sweep", config, "optimizer.lr=loguniform(1e-4,1e-1)")
     assert grid.exit_code == 2 and "--search random" in grid.output
+
+
+def test_submit_sweep_renders_an_array_of_workers_with_every_value_quoted(cli, tmp_path):
+    config = _config(tmp_path)
+    result = cli(
+        "submit", config, "model.hidden=[8, 8]", "--sweep", "optimizer.lr=loguniform(1e-4,1e-1)",
+        "--sweep", "model.dropout=choice(0.0,0.2)", "--search", "tpe", "--trials", "16",
+        "--array", "0-3%2", "--dry-run",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert "#SBATCH --array=0-3%2" in script
+    (line,) = [ln for ln in script.splitlines() if " -m bptrain sweep " in ln]
+    assert "'optimizer.lr=loguniform(1e-4,1e-1)'" in line
+    assert "'model.dropout=choice(0.0,0.2)'" in line
+    assert "--set 'model.hidden=[8, 8]'" in line
+    assert "--search tpe --trials 16 --pruner median" in line and line.endswith("--worker")
+    assert "logging.name=" not in line  # every task and a later array share one study
+
+    for args, hint in [
+        (["--array", "0-3"], "--array runs the tasks of a search"),
+        (["--sweep", "optimizer.lr=loguniform(0,1)", "--array", "0-3"], "0 < LOW"),
+        (["--sweep", "optimizer.lr=choice(0.1,0.2)", "--array", "0-3;rm"], "SLURM's syntax"),
+    ]:
+        bad = cli("submit", config, *args, "--dry-run")
+        assert bad.exit_code == 2, (args, bad.output)
+        assert hint in bad.output
