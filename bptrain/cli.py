@@ -173,6 +173,13 @@ class PrunerKind(str, Enum):
     none = "none"
 
 
+_SWEEP_HELP = (
+    "A search axis (repeatable), as for bptrain sweep: the job runs an Optuna search "
+    "(with --search, --trials, --array)."
+)
+_ARRAY_HELP = "A job array, e.g. 0-7 or 0-15%4: each task is a worker of the --sweep's study."
+
+
 @app.command()
 def submit(
     config: ConfigArg,
@@ -221,33 +228,12 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the batch script instead of submitting it.")
     ] = False,
-    sweep_axis: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--sweep",
-            help="A search axis (repeatable), as for bptrain sweep: the job runs an Optuna search "
-            "(with --search, --trials, --array).",
-        ),
-    ] = None,
-    search: Annotated[
-        SearchKind, typer.Option(help="The search's sampler (with --sweep).")
-    ] = SearchKind.tpe,
-    trials: Annotated[
-        int,
-        typer.Option(min=1, help="Trials in the study, all array tasks together (with --sweep)."),
-    ] = 20,
-    pruner: Annotated[PrunerKind, typer.Option(help="The search's pruner (with --sweep).")] = (
-        PrunerKind.median
-    ),
-    seeds: Annotated[
-        str | None, typer.Option(help="Seeds of every trial, e.g. 0,1,2 (with --sweep).")
-    ] = None,
-    array: Annotated[
-        str | None,
-        typer.Option(
-            help="A job array, e.g. 0-7 (8 tasks) or 0-15%4: each task is a worker of the --sweep's study."
-        ),
-    ] = None,
+    sweep_axis: Annotated[list[str] | None, typer.Option("--sweep", help=_SWEEP_HELP)] = None,
+    search: Annotated[SearchKind, typer.Option(help="Sampler (with --sweep).")] = SearchKind.tpe,
+    trials: Annotated[int, typer.Option(min=1, help="Trials in all (with --sweep).")] = 20,
+    pruner: Annotated[PrunerKind, typer.Option(help="Pruner (with --sweep).")] = PrunerKind.median,
+    seeds: Annotated[str | None, typer.Option(help="Seeds per trial (with --sweep).")] = None,
+    array: Annotated[str | None, typer.Option(help=_ARRAY_HELP)] = None,
 ) -> None:
     """Submit CONFIG as a SLURM batch job (DDP over srun) that checkpoints, requeues and resumes itself.
 
@@ -260,15 +246,7 @@ def submit(
         from bptrain.slurm import submit as sbatch
 
         cfg = load_config(config, overrides or [])
-        sweep_args = None
-        if sweep_axis:
-            from bptrain.search import parse_search_axes
-            from bptrain.sweep import parse_seeds
-
-            parse_search_axes(sweep_axis)  # a malformed axis fails here, not in every task
-            parse_seeds(seeds)
-            sweep_args = [*sweep_axis, "--search", search.value, "--trials", str(trials)]
-            sweep_args += ["--pruner", pruner.value, *(["--seeds", seeds] if seeds else [])]
+        sweep_args = _search_job_args(sweep_axis, search, trials, pruner, seeds)
         spec = JobSpec(
             config=config.resolve(),
             overrides=overrides or [],
@@ -297,10 +275,8 @@ def submit(
         if sweep_args is not None:
             from bptrain.search import search_dir_for
 
-            typer.echo(
-                f"submitted job {job_id}: the search's study and runs are in {search_dir_for(cfg)}/; "
-                f"bptrain sweep {config} {' '.join(sweep_args)} prints its table"
-            )
+            where = search_dir_for(cfg)
+            typer.echo(f"submitted job {job_id}: the search's study and runs are in {where}/")
             return
         typer.echo(
             f"submitted job {job_id}: runs under {cfg.logging.run_dir}/{spec.job_name}-job{job_id}/; "
@@ -308,6 +284,21 @@ def submit(
         )
 
     _guarded(run)
+
+
+def _search_job_args(
+    axes: list[str] | None, search: SearchKind, trials: int, pruner: PrunerKind, seeds: str | None
+) -> list[str] | None:
+    """The `bptrain sweep` arguments of a search job's workers; a malformed axis fails here."""
+    if not axes:
+        return None
+    from bptrain.search import parse_search_axes
+    from bptrain.sweep import parse_seeds
+
+    parse_search_axes(axes)
+    parse_seeds(seeds)
+    args = [*axes, "--search", search.value, "--trials", str(trials), "--pruner", pruner.value]
+    return args + (["--seeds", seeds] if seeds else [])
 
 
 class Split(str, Enum):
