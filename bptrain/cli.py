@@ -292,10 +292,9 @@ def _search_job_args(
     """The `bptrain sweep` arguments of a search job's workers; a malformed axis fails here."""
     if not axes:
         return None
-    from bptrain.search import parse_search_axes
-    from bptrain.sweep import parse_seeds
+    from bptrain.sweep import parse_seeds, parse_sweep_axes
 
-    parse_search_axes(axes)
+    parse_sweep_axes(axes)
     parse_seeds(seeds)
     args = [*axes, "--search", search.value, "--trials", str(trials), "--pruner", pruner.value]
     return args + (["--seeds", seeds] if seeds else [])
@@ -489,7 +488,6 @@ def sweep(
                 return _search(
                     config, axes or [], override or [], seeds, jobs, search, trials, pruner, worker
                 )
-            _no_distributions(axes or [])
             rows, _ = run_sweep(config, axes or [], override or [], seeds, jobs, Console())
         except Interrupted as stop:
             _stderr_console().print(
@@ -584,12 +582,12 @@ def _search(
 ) -> int:
     from rich.console import Console
 
-    from bptrain.search import SearchArgs, parse_search_axes, run_search
-    from bptrain.sweep import parse_seeds
+    from bptrain.search import SearchArgs, run_search
+    from bptrain.sweep import parse_seeds, parse_sweep_axes
 
     args = SearchArgs(
         config,
-        parse_search_axes(axes),
+        parse_sweep_axes(axes),
         overrides,
         parse_seeds(seeds),
         kind.value,
@@ -602,18 +600,6 @@ def _search(
         )
     rows, _ = run_search(args, jobs, worker, Console())
     return EXIT_TRAINING_FAILED if any(row["status"] in ("fail", "failed") for row in rows) else 0
-
-
-def _no_distributions(axes: list[str]) -> None:
-    from bptrain.search import parse_distribution
-
-    for axis in axes:
-        key, _, values = axis.partition("=")
-        if parse_distribution(key, values) is not None:
-            raise UserError(
-                f"sweep axis '{axis}' is a distribution: a grid cannot enumerate it. Add "
-                "--search random or --search tpe (with --trials N), or list values: KEY=V1,V2,..."
-            )
 
 
 @app.command(name="lr-find")

@@ -34,6 +34,7 @@ from typing import Any
 from rich.console import Console
 
 from bptrain.errors import UserError
+from bptrain.search_space import Axis
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("median", "halving", "none")
@@ -41,125 +42,30 @@ STUDY = "bptrain"
 
 
 # ---------------------------------------------------------------------------- the search space
-@dataclass(frozen=True)
-class Dist:
-    """One axis of the search space: a key and how its value is drawn."""
+def distribution(axis: Axis) -> Any:
+    """The Optuna distribution of an axis (search_space.py parses them): grid values are a choice."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
-    key: str
-    kind: str  # uniform | loguniform | int | choice
-    low: float = 0.0
-    high: float = 0.0
-    choices: tuple[str, ...] = ()  # YAML texts of the values, as written
-
-    def spec(self) -> str:
-        """The axis as written back (canonical), stored in the study to detect a changed space."""
-        if self.kind == "choice":
-            return f"choice({','.join(self.choices)})"
-        return f"{self.kind}({self.low:g},{self.high:g})"
-
-    def optuna(self) -> Any:
-        from optuna.distributions import (
-            CategoricalDistribution,
-            FloatDistribution,
-            IntDistribution,
-        )
-
-        if self.kind == "choice":
-            return CategoricalDistribution(list(self.choices))
-        if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high))
-        return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
-
-    def override(self, value: Any) -> str:
-        """The KEY=VALUE override a sampled value becomes (floats keep every digit)."""
-        return f"{self.key}={value!r}" if isinstance(value, float) else f"{self.key}={value}"
+    if axis.kind == "int":
+        return IntDistribution(int(axis.low), int(axis.high))
+    if axis.is_range:
+        return FloatDistribution(axis.low, axis.high, log=axis.kind == "loguniform")
+    return CategoricalDistribution(list(axis.values))
 
 
-DIST_FORMS = {
-    "uniform": "uniform(LOW,HIGH)",
-    "loguniform": "loguniform(LOW,HIGH) with 0 < LOW",
-    "int": "int(LOW,HIGH) with integers",
-    "choice": "choice(V1,V2,...)",
-}
+def override(axis: Axis, value: Any) -> str:
+    """The KEY=VALUE override a sampled value becomes (floats keep every digit)."""
+    return f"{axis.key}={value!r}" if isinstance(value, float) else f"{axis.key}={value}"
 
 
-def parse_distribution(key: str, text: str) -> Dist | None:
-    """'loguniform(1e-4,1e-1)' -> Dist; None when text is not a distribution (a grid axis's values)."""
-    import re
-
-    import yaml
-
-    match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", text, re.S)
-    if match is None or match.group(1) not in DIST_FORMS:
-        if match is not None and match.group(1).lower() in (
-            "log_uniform",
-            "randint",
-            "normal",
-            "range",
-        ):
-            raise UserError(
-                f"sweep axis '{key}={text}': unknown distribution '{match.group(1)}'. "
-                f"Use one of: {', '.join(DIST_FORMS.values())}."
-            )
-        return None
-    kind, inner = match.group(1), match.group(2)
-    form = f"{key}={DIST_FORMS[kind]}"
-    from bptrain.sweep import split_values
-
-    parts = split_values(inner)
-    if kind == "choice":
-        if len(parts) < 2 or not all(parts):
-            raise UserError(f"sweep axis '{key}={text}': choice needs two or more values: {form}.")
-        return Dist(key, "choice", choices=tuple(parts))
-    try:
-        numbers = [yaml.safe_load(p) for p in parts]
-        numbers = [float(n) if isinstance(n, str) else n for n in numbers]
-    except (yaml.YAMLError, ValueError):
-        numbers = []
-    if (
-        len(numbers) != 2
-        or not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
-        or not numbers[0] < numbers[1]
-        or (kind == "loguniform" and numbers[0] <= 0)
-        or (kind == "int" and not all(float(n).is_integer() for n in numbers))
-    ):
-        raise UserError(
-            f"sweep axis '{key}={text}': expected {form} and LOW < HIGH, "
-            f"e.g. {key}={ {'uniform': 'uniform(0.0,0.5)', 'loguniform': 'loguniform(1e-4,1e-1)', 'int': 'int(1,4)'}[kind] }."
-        )
-    return Dist(key, kind, float(numbers[0]), float(numbers[1]))
-
-
-def parse_search_axes(axes: list[str]) -> list[tuple[str, list[str] | Dist]]:
-    """Sweep axes with distributions: KEY=loguniform(...) is a Dist, KEY=V1,V2 a grid axis."""
-    from bptrain.sweep import parse_axes
-
-    parsed: list[tuple[str, list[str] | Dist]] = []
-    for axis in axes:
-        key, _, values = axis.partition("=")
-        dist = parse_distribution(key.strip(), values) if key.strip() else None
-        if dist is not None and key.strip() in (k for k, _ in parsed):
-            raise UserError(f"sweep axis '{key}' is given twice; give it once.")
-        parsed.extend([(dist.key, dist)] if dist is not None else parse_axes([axis]))
-    seen = [k for k, _ in parsed]
-    for key in seen:
-        if seen.count(key) > 1:
-            raise UserError(f"sweep axis '{key}' is given twice; give it once.")
-    return parsed
-
-
-def search_space(axes: list[tuple[str, list[str] | Dist]]) -> list[Dist]:
-    """Axes parsed by the sweep grammar -> distributions: a grid axis (V1,V2,...) becomes a choice."""
-    return [
-        value if isinstance(value, Dist) else Dist(key, "choice", choices=tuple(value))
-        for key, value in axes
-    ]
-
-
-def check_space(study: Any, space: list[Dist], seeds: list[int | None], where: Path) -> None:
+def check_space(study: Any, space: list[Axis], seeds: list[int | None], where: Path) -> None:
     """A study continues only with the space it started with: say which axis changed and what to do."""
     saved = study.user_attrs.get("space")
-    current = {d.key: d.spec() for d in space}
+    current = {axis.key: axis.spec for axis in space}
     if saved is None:
         study.set_user_attr("space", current)
         study.set_user_attr("seeds", seeds)
@@ -254,7 +160,7 @@ class PruningReport:
 @dataclass
 class SearchArgs:
     config: Path
-    axes: list[tuple[str, list[str] | Dist]]
+    axes: list[Axis]
     overrides: list[str]
     seeds: list[int | None]
     sampler: str
@@ -282,13 +188,13 @@ def work(args: SearchArgs, console: Console, fit_trial: Callable[..., dict[str, 
     root = search_dir_for(base)
     root.mkdir(parents=True, exist_ok=True)
     monitor, direction = _direction(base)
-    space = search_space(args.axes)
+    space = args.axes
     lock = FileLock(str(root / "search.lock"))
     with lock:
         study = open_study(root, args.sampler, args.pruner, direction, base.seed)
         check_space(study, space, args.seeds, root)
-    distributions = {d.key: d.optuna() for d in space}
-    by_key = {d.key: d for d in space}
+    distributions = {axis.key: distribution(axis) for axis in space}
+    by_key = {axis.key: axis for axis in space}
     ran = 0
     while True:
         with lock:  # count and ask under one lock: no two workers take the same or an extra trial
@@ -296,7 +202,7 @@ def work(args: SearchArgs, console: Console, fit_trial: Callable[..., dict[str, 
             if len(counted) >= args.trials:
                 return ran
             trial = study.ask(distributions)
-        overrides = [by_key[k].override(v) for k, v in trial.params.items()]
+        overrides = [override(by_key[k], v) for k, v in trial.params.items()]
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         values, pruned = [], False

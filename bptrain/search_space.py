@@ -12,9 +12,10 @@ is wrong and shows the syntax); ``grid`` is the product of several axes, first a
 slowest. The commands decide what a grid point means: a training run for ``sweep``,
 an inspection for ``grad-inspect``.
 
-Extending the grammar (e.g. ``optimizer.lr=loguniform(1e-4,1e-1)`` for a search with
-Optuna): parentheses already keep such a value whole, so a new kind of domain only
-needs a parser for the value text, next to ``split_values``, and a field on ``Axis``.
+Distributions, for a search with Optuna (``bptrain sweep --search``): an axis whose text is
+``uniform(LOW,HIGH)``, ``loguniform(LOW,HIGH)``, ``int(LOW,HIGH)`` or ``choice(V1,V2,...)`` is
+parsed by ``parse_distribution`` into an ``Axis`` of that ``kind``. ``choice`` lists values like
+a grid axis (a grid runs them all); the ranges only a search can sample (``grid`` refuses them).
 """
 
 from __future__ import annotations
@@ -34,16 +35,63 @@ SYNTAX = (
 OPENING, CLOSING = "[{(", "]})"
 
 
+# Distributions, for a search (bptrain sweep --search): KEY=NAME(ARGS). A grid can enumerate
+# only `choice`; the others are drawn by Optuna (bptrain/search.py).
+DISTRIBUTIONS = {
+    "uniform": "uniform(LOW,HIGH)",
+    "loguniform": "loguniform(LOW,HIGH) with 0 < LOW",
+    "int": "int(LOW,HIGH) with integers",
+    "choice": "choice(V1,V2,...)",
+}
+_DISTRIBUTION = re.compile(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", re.S)
+# names people reach for (numpy, ray tune, hyperopt, optuna's own): a clear error, not a string
+_MISSPELT = {
+    "randint", "log_uniform", "loguniform_int", "lograndint", "normal", "range", "randn",
+    "categorical", "choices", "float", "integer", "qloguniform", "quniform", "uniform_int",
+}  # fmt: skip
+_EXAMPLES = {
+    "uniform": "uniform(0.0,0.5)",
+    "loguniform": "loguniform(1e-4,1e-1)",
+    "int": "int(1,4)",
+}
+
+
 @dataclass(frozen=True)
 class Axis:
-    """One swept config key and the values it takes, each a YAML text as written."""
+    """One swept config key and the values it takes, each a YAML text as written.
+
+    ``kind`` is ``grid`` (V1,V2,...), ``choice`` (choice(V1,V2,...): the same values, for a search
+    a categorical) or a range drawn by a search: ``uniform``, ``loguniform``, ``int`` (low, high)."""
 
     key: str
     values: tuple[str, ...]
+    kind: str = "grid"
+    low: float = 0.0
+    high: float = 0.0
+
+    @property
+    def is_range(self) -> bool:
+        """A distribution over a range: only a search can sample it, a grid cannot list it."""
+        return self.kind in ("uniform", "loguniform", "int")
+
+    @property
+    def spec(self) -> str:
+        """The axis as text, canonical (a search's study remembers it to refuse a changed space)."""
+        if self.is_range:
+            return f"{self.kind}({self.low:g},{self.high:g})"
+        return (
+            f"choice({','.join(self.values)})" if self.kind == "choice" else ",".join(self.values)
+        )
 
     @property
     def overrides(self) -> list[str]:
         """One ``KEY=VALUE`` override per value, for ``load_config``."""
+        if self.is_range:
+            raise UserError(
+                f"sweep axis '{self.key}={self.spec}' is a distribution: a grid cannot list its "
+                "values. Add --search random or --search tpe (with --trials N), or list values: "
+                f"{self.key}=V1,V2,..."
+            )
         return [f"{self.key}={value}" for value in self.values]
 
 
@@ -82,11 +130,55 @@ def is_multi_valued(argument: str) -> bool:
         return False  # not an axis: load_config reports the malformed override
 
 
+def parse_distribution(key: str, text: str, where: str = "sweep axis") -> Axis | None:
+    """``loguniform(1e-4,1e-1)`` and the like -> an ``Axis``; None when text is a list of values."""
+    import yaml
+
+    match = _DISTRIBUTION.fullmatch(text)
+    name = match.group(1) if match is not None else ""
+    if name.lower() in _MISSPELT or (name not in DISTRIBUTIONS and name.lower() in DISTRIBUTIONS):
+        raise UserError(
+            f"{where} '{key}={text}': unknown distribution '{match.group(1)}'. "
+            f"Use one of: {', '.join(DISTRIBUTIONS.values())}."
+        )
+    if match is None or match.group(1) not in DISTRIBUTIONS:
+        return None
+    kind, inner = match.group(1), match.group(2)
+    form = f"{key}={DISTRIBUTIONS[kind]}"
+    try:
+        parts = split_values(inner)
+    except ValueError as err:
+        raise UserError(f"{where} '{key}={text}': {err}; expected {form}.") from None
+    if kind == "choice":
+        if len(parts) < 2 or not all(parts):
+            raise UserError(f"{where} '{key}={text}': choice needs two or more values: {form}.")
+        return Axis(key, tuple(parts), kind="choice")
+    try:
+        numbers = [yaml.safe_load(p) for p in parts]
+        numbers = [float(n) if isinstance(n, str) else n for n in numbers]
+    except (yaml.YAMLError, ValueError):
+        numbers = []
+    if (
+        len(numbers) != 2
+        or not all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
+        or not numbers[0] < numbers[1]
+        or (kind == "loguniform" and numbers[0] <= 0)
+        or (kind == "int" and not all(float(n).is_integer() for n in numbers))
+    ):
+        raise UserError(
+            f"{where} '{key}={text}': expected {form} and LOW < HIGH, e.g. {key}={_EXAMPLES[kind]}."
+        )
+    return Axis(key, (), kind=kind, low=float(numbers[0]), high=float(numbers[1]))
+
+
 def parse_axis(argument: str, where: str = "sweep axis") -> Axis:
     """``"model.cell=rnn,lstm"`` -> ``Axis("model.cell", ("rnn", "lstm"))``, or a ``UserError``."""
     key, sep, text = argument.partition("=")
     if not sep or not KEY.fullmatch(key):
         raise UserError(f"{where} '{argument}': {SYNTAX}.")
+    distribution = parse_distribution(key, text, where)
+    if distribution is not None:
+        return distribution
     try:
         values = split_values(text)
     except ValueError as err:
