@@ -112,7 +112,7 @@ def open_study(root: Path, sampler: str, pruner: str, direction: str, seed: int)
         "tpe": lambda: optuna.samplers.TPESampler(seed=sample_seed, n_startup_trials=5),
     }
     pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }
