@@ -298,6 +298,12 @@ def run_search(
     """Run (or continue) the search with ``jobs`` worker processes; return the table and its dir."""
     from bptrain.config import load_config
 
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--search needs Optuna: pip install 'bptrain[search]' (or optuna), then run it again."
+        ) from None
     base = load_config(args.config, args.overrides)
     root = search_dir_for(base)
     if args.trials < 1:

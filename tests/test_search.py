@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from tests.conftest import TINY, deep_merge
+
+# optuna is in the test extra (CI installs it); a venv made before it was added: install.sh --test
+optuna = pytest.importorskip("optuna", reason="needs optuna: bash scripts/install.sh --test")
 
 
 def _config(tmp_path: Path, **trainer) -> Path:
@@ -32,6 +33,8 @@ def _config(tmp_path: Path, **trainer) -> Path:
 
 
 def _study(root: Path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
     storage = JournalStorage(JournalFileBackend(str(root / "study.log")))
     return optuna.load_study(study_name="bptrain", storage=storage)
 

@@ -60,6 +60,7 @@ def test_tensorboard_hparams_and_separate_step_and_epoch_loss(cli, write_config,
 
 
 def _mlflow_fit(cli, write_config, uri: str) -> tuple[Path, object, object]:
+    pytest.importorskip("mlflow", reason="needs mlflow-skinny: bash scripts/install.sh --test")
     from mlflow.tracking import MlflowClient
 
     config = write_config(
