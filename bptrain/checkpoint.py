@@ -38,6 +38,50 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     _atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+class BackgroundWriter:
+    """Writes checkpoints on one background thread, in order, so the step loop does not wait on the disk.
+
+    ``submit`` takes a state already copied to host memory (``host_copy``): the loop keeps training
+    and changing its tensors in place while the copy is written. A failed write (full disk) raises
+    its TrainingError at the next ``submit`` or at ``close``, which waits for every write.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bptrain-checkpoint")
+        self._pending: list[Any] = []
+
+    def submit(self, write: Any, state: dict[str, Any], path: Path) -> None:
+        """Queue ``write(state, path)`` (``save_checkpoint``) behind the writes already queued."""
+        self._raise_failures(wait=False)
+        self._pending.append(self._pool.submit(write, state, path))
+
+    def close(self) -> None:
+        """Wait for every write (the run's exit must not lose the last one), then stop the thread."""
+        try:
+            self._raise_failures(wait=True)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _raise_failures(self, wait: bool) -> None:
+        done = [f for f in self._pending if wait or f.done()]
+        self._pending = [f for f in self._pending if f not in done]
+        for future in done:
+            future.result()
+
+
+def host_copy(value: Any) -> Any:
+    """A copy of a checkpoint's contents whose tensors live in host memory and share nothing with the run."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: host_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(host_copy(v) for v in value)
+    return value
+
+
 def save_safetensors(
     weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:

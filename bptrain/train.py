@@ -40,7 +40,9 @@ from torch import nn
 import bptrain
 from bptrain import distributed
 from bptrain.checkpoint import (
+    BackgroundWriter,
     CheckpointTracker,
+    host_copy,
     rewind_run_dir,
     save_checkpoint,
     save_safetensors,
@@ -152,6 +154,8 @@ def fit(
         ) from None
     finally:
         progress.close()
+        if run.writer is not None:  # exit waits for the last checkpoint write
+            run.writer.close()
     return _finish(run, epoch_metrics, started)
 
 
@@ -185,6 +189,7 @@ class Run:
     sharded: ShardedState | None = None  # FSDP: the full state, gathered for checkpoints
     pruning: Any = None  # a search's trial: asked after each validation whether to stop
     pruned: bool = False
+    writer: BackgroundWriter | None = None  # trainer.checkpoint.async_write
 
     @property
     def device(self) -> torch.device:
@@ -228,7 +233,11 @@ class Run:
             with self.stop.saving():
                 self.gather()
                 if self.dist.is_main:
-                    save_checkpoint(self.checkpoint(), self.run_dir / "checkpoints" / "last.pt")
+                    path = self.run_dir / "checkpoints" / "last.pt"
+                    if self.writer is None:
+                        save_checkpoint(self.checkpoint(), path)
+                    else:  # the loop waits for the copy to host memory, not for the disk
+                        self.writer.submit(save_checkpoint, host_copy(self.checkpoint()), path)
 
     def export(self, path: Path) -> None:
         """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
@@ -347,6 +356,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
         best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
         stop=StopFlag(), resumed_from=checkpoint_path, sharded=sharded,
+        writer=BackgroundWriter() if ckpt.async_write and dist.is_main else None,
     )  # fmt: skip
 
 

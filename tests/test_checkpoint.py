@@ -224,3 +224,28 @@ def test_stop_signal_saves_exits_128_plus_n_and_resumes_at_the_exact_step(tmp_pa
     assert_same_weights(
         weights(run / "checkpoints/last.pt"), weights(straight / "checkpoints/last.pt")
     )
+
+
+def test_async_writes_equal_synchronous_ones_and_exit_waits_for_the_last(tmp_path):
+    """trainer.checkpoint.async_write (the default) writes the same last.pt, complete when fit returns."""
+    for mode in (True, False):
+        run_fit(tiny_config(tmp_path / str(mode), trainer={"checkpoint": {"async_write": mode}}))
+    (a,), (b,) = run_dirs(tmp_path / "True"), run_dirs(tmp_path / "False")
+    assert_same_weights(weights(a / "checkpoints/last.pt"), weights(b / "checkpoints/last.pt"))
+    assert load_checkpoint(a / "checkpoints/last.pt")["progress"]["step"] == 30
+
+
+def test_a_failed_background_write_is_raised_at_close_after_the_earlier_writes(tmp_path):
+    from bptrain.checkpoint import BackgroundWriter
+    from bptrain.errors import TrainingError
+
+    def full_disk(state, path):
+        raise TrainingError(f"could not write {path}: No space left on device")
+
+    path = tmp_path / "last.pt"
+    writer = BackgroundWriter()
+    writer.submit(save_checkpoint, {"step": torch.tensor(1)}, path)
+    writer.submit(full_disk, {"step": torch.tensor(2)}, path)
+    with pytest.raises(TrainingError, match="No space left"):
+        writer.close()
+    assert int(load_checkpoint(path)["step"]) == 1  # the earlier write completed, in order
