@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,25 @@ def print_run_header(
         f"[bold]run directory[/bold] {run_dir}"
         + (f"  (resumed from {resumed_from})" if resumed_from else "")
     )
-    console.print(
-        f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes} | "
+    parts = [
+        f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes}",
         f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters"
-        + (f" ({total - trainable:,} frozen)" if total > trainable else "")
-        + " | "
-        f"device {device}, precision {cfg.trainer.precision} | {total_steps} optimizer steps",
-        soft_wrap=True,
-    )
+        + (f" ({total - trainable:,} frozen)" if total > trainable else ""),
+        f"device {device}, precision {cfg.trainer.precision}",
+        f"{total_steps} optimizer steps",
+    ]
+    console.print(join_to_width(parts, console.width), soft_wrap=True, markup=False)
+
+
+def join_to_width(parts: list[str], width: int, separator: str = " | ") -> str:
+    """Join `parts` with `separator`, starting a new line where the next part would pass `width`."""
+    lines: list[str] = []
+    for part in parts:
+        if lines and len(lines[-1]) + len(separator) + len(part) <= width:
+            lines[-1] += separator + part
+        else:  # a part wider than the terminal wraps at its spaces
+            lines.extend(textwrap.wrap(part, width, subsequent_indent="  ", break_long_words=False))
+    return "\n".join(lines)
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:

@@ -89,7 +89,7 @@ def fit(
     run = build_run(cfg, console, resume)
     run.pruning = pruning
     loop, accumulate = run.loop, cfg.trainer.accumulate_grad_batches
-    progress = ConsoleProgress(console, run.progress_mode, run.total_steps)
+    progress = ConsoleProgress(console, run.progress_mode, run.total_steps, cfg.trainer.max_epochs)
     started = time.perf_counter()
     epoch_metrics: dict[str, Any] = {}
     try:
@@ -554,7 +554,11 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
         loop.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
     )
     if validated:
-        metrics.update(evaluate(run.model, run.data.val, run.objective, run.precision, "val"))
+        metrics.update(
+            evaluate(
+                run.model, run.data.val, run.objective, run.precision, "val", progress.validation
+            )
+        )
         if run.schedule_interval == "validation":
             run.scheduler.step(_monitored(metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
     if run.schedule_interval == "epoch":
