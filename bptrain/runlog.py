@@ -1,4 +1,4 @@
-"""The run directory and its metric records: ``metrics.jsonl`` and TensorBoard, behind one ``log``.
+"""The run directory and its metric records: ``metrics.jsonl``, ``grad_norms.jsonl`` and TensorBoard.
 
 Every line of metrics.jsonl is one JSON object with a ``type`` (``step``,
 ``epoch``, ``test`` or ``event``), the global optimizer ``step`` and the metric
@@ -12,7 +12,10 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bptrain.layerlog import LayerLogWriter
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
@@ -61,7 +64,9 @@ class RunLog:
         config: dict[str, Any] | None = None,
         mlflow: Any = None,
     ) -> None:
+        self.run_dir = run_dir
         self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.layer_log: LayerLogWriter | None = None
         self.config = config or {}
         self.tb = None
         if tensorboard:
@@ -92,6 +97,14 @@ class RunLog:
         if self.mlflow is not None:
             self.mlflow.log(kind, step, metrics)
 
+    def layers(self, step: int, stats: dict[str, float]) -> None:
+        """Per-layer gradient norms and update ratios to grad_norms.jsonl (what the report's heatmaps read)."""
+        if self.layer_log is None:
+            from bptrain.layerlog import LayerLogWriter
+
+            self.layer_log = LayerLogWriter(self.run_dir)
+        self.layer_log.write(step, stats)
+
     def histograms(self, step: int, values: dict[str, Any]) -> None:
         """TensorBoard histograms (weights, gradients, activations); a no-op without TensorBoard."""
         if self.tb is not None:
@@ -101,6 +114,8 @@ class RunLog:
     def close(self, summary: dict[str, Any] | None = None) -> None:
         """Close the files; with the run's summary, record its hparams row and finish MLflow."""
         self.jsonl.close()
+        if self.layer_log is not None:
+            self.layer_log.close()
         if self.tb is not None:
             if summary is not None:
                 from bptrain.tracking import write_hparams

@@ -340,10 +340,10 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
     )
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
-    record_layers = (cfg.logging.grad_norms or cfg.logging.histograms) and cfg.logging.tensorboard
-    record_layers = (
-        record_layers and sharded is None
-    )  # per-layer views of sharded gradients: not yet
+    # per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
+    # Per-layer views of sharded gradients: not yet.
+    record_layers = cfg.logging.grad_norms or (cfg.logging.histograms and cfg.logging.tensorboard)
+    record_layers = record_layers and sharded is None
     recorder = (
         LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
         if record_layers and dist.is_main
@@ -491,7 +491,11 @@ def _windows(batches: Batches, size: int, skip: int):
 def _histogram_step(step: int, logging: LoggingConfig) -> bool:
     """Histograms at the first log step of every histogram_every_n_steps interval."""
     every, log_every = logging.histogram_every_n_steps, logging.log_every_n_steps
-    return logging.histograms and step % max(every // log_every * log_every, log_every) == 0
+    return (
+        logging.histograms
+        and logging.tensorboard
+        and step % max(every // log_every * log_every, log_every) == 0
+    )
 
 
 def _log_step(run: Run, result: StepResult) -> dict[str, Any]:
@@ -504,6 +508,8 @@ def _log_step(run: Run, result: StepResult) -> dict[str, Any]:
         layer_stats["grad_norm_clipped"] = clipped
     run.log.log("step", run.loop.step, metrics, tb_only=layer_stats)
     if run.recorder is not None:
+        if run.cfg.logging.grad_norms:
+            run.log.layers(run.loop.step, layer_stats)
         run.log.histograms(run.loop.step, run.recorder.take_histograms())
     return metrics
 
@@ -646,7 +652,25 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
         write_json(run.run_dir / "summary.json", summary)
     run.log.close(summary)
     print_summary(console, summary)
+    _write_report(run)
     return summary
+
+
+def _write_report(run: Run) -> None:
+    """logging.report: <run>/report.html, so the run can be looked at without TensorBoard.
+
+    A report that cannot be written is a warning, never a failed run: training is done by now.
+    """
+    if not (run.cfg.logging.report and run.dist.is_main):
+        return
+    from bptrain.report import write_report
+
+    try:
+        path = write_report([run.run_dir])
+    except Exception as err:  # the run's results are already safe on disk
+        run.console.print(f"[yellow]warning:[/yellow] the report could not be written: {err}")
+        return
+    run.console.print(f"wrote {path}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:
@@ -709,6 +733,7 @@ def _nan_failure(err: NonFinite, run: Run) -> TrainingError:
         write_json(run_dir / "nan_report.json", report)
     first = report.get("first_nonfinite")
     run.log.log("event", loop.step, {"event": "nonfinite", "first_nonfinite": first})
+    _write_report(run)  # see where it went non-finite
     return TrainingError(
         f"{err} at step {report['step']} (epoch {report['epoch']}); details in {run_dir / 'nan_report.json'}. "
         "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "

@@ -162,3 +162,21 @@ def test_report_refuses_a_directory_that_holds_no_run(cli, tmp_path):
     assert result.exit_code == 2
     assert "not a run directory" in result.output
     assert cli("report", tmp_path / "missing").exit_code == 2
+
+
+def test_fit_writes_grad_norms_and_the_report_without_tensorboard(real_run):
+    log = read_layer_log(real_run / FILENAME)  # TINY has tensorboard: false
+    metrics = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
+    assert log is not None and log.layers == ["net.0", "net.2", "net.4"]  # the MLP, input first
+    assert log.steps == [m["step"] for m in metrics if m["type"] == "step"]
+    assert all(v > 0 for row in log.grad_norm + log.update_ratio for v in row)
+    html = (real_run / "report.html").read_text()
+    pixels, _, _ = _heatmap(html)
+    assert len(pixels) == 3 and len(pixels[0]) == len(log.steps)
+
+
+def test_logging_report_false_writes_no_report(cli, write_config, tmp_path):
+    config = write_config({"trainer": {"max_epochs": 1}, "logging": {"report": False}})
+    result = cli("fit", config)
+    assert result.exit_code == 0, result.output
+    assert not (only_run_dir(tmp_path / "runs") / "report.html").exists()

@@ -159,11 +159,13 @@ class LoggingConfig(Section):
     log_every_n_steps: int = Field(50, ge=1)
     """Interval of the step lines in metrics.jsonl (train/loss, lr, grad_norm) and of the plain-text progress."""
     grad_norms: bool = True
-    """Log to TensorBoard every log_every_n_steps: per-layer gradient norms (after AMP unscaling, before clipping), non-finite gradient counts, update-to-weight ratios, and the clipped total norm."""
+    """Every log_every_n_steps, record per-layer gradient norms (after AMP unscaling, before clipping), non-finite gradient counts and update-to-weight ratios in <run>/grad_norms.jsonl (the report's heatmaps) and TensorBoard, with the clipped total norm."""
     histograms: bool = False
     """Also write TensorBoard histograms of weights, gradients and activations (the outputs of parameter-free modules such as activations) every histogram_every_n_steps."""
     histogram_every_n_steps: int = Field(500, ge=1)
     """Interval of the histograms (they cost far more than scalars); rounded to a log step."""
+    report: bool = True
+    """Write <run>/report.html when fit ends (as `bptrain report RUN_DIR` does): curves, LR, gradient-flow heatmaps, events, config; one self-contained file."""
     progress: Literal["auto", "rich", "plain", "off"] = "auto"
     """Console progress: auto is a live bar on a terminal and one plain line per log interval otherwise (batch jobs, CI)."""
     mlflow: MlflowConfig | None = None
