@@ -665,12 +665,14 @@ def _write_report(run: Run) -> None:
         return
     from bptrain.report import write_report
 
+    started = time.perf_counter()
     try:
         path = write_report([run.run_dir])
     except Exception as err:  # the run's results are already safe on disk
         run.console.print(f"[yellow]warning:[/yellow] the report could not be written: {err}")
         return
-    run.console.print(f"wrote {path}", soft_wrap=True, markup=False, highlight=False)
+    took = time.perf_counter() - started
+    run.console.print(f"wrote {path} ({took:.2f} s)", soft_wrap=True, markup=False, highlight=False)
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:

@@ -64,7 +64,7 @@ def test_fit_output_fits_the_terminal(write_config, tmp_path, columns):
     too_wide = [
         line
         for line in lines
-        if len(line) > columns and "run directory" not in line and "summary.json" not in line
+        if len(line) > columns and str(tmp_path) not in line  # a path cannot be shortened
     ]
     assert not too_wide, "\n".join(too_wide)
     live = [line for line in lines if re.search(r"\d+/45 \d:\d\d:\d\d eta \d:\d\d:\d\d", line)]

@@ -165,7 +165,7 @@ def line_chart(chart: Chart) -> str:
     ys = [y for s in usable for _, y in s.points] + [
         y for y, _ in chart.hlines if y > 0 or not chart.log_y
     ]
-    columns = 2 if max(len(s.label) for s in usable or [Series("", [], "")]) <= 38 else 1
+    columns = 2 if max(len(s.label) for s in usable or [Series("", [], "")]) <= 32 else 1
     legend_rows = math.ceil(len(usable) / columns)
     height = H + 10 + 16 * legend_rows
     head = (

@@ -568,16 +568,10 @@ def grad_inspect_section(runs: list[Run]) -> str:
 
 
 def config_section(runs: list[Run]) -> str:
-    import yaml
-
     out = []
     for run in runs:
         out.append(_run_heading(run, runs))
-        text = (
-            yaml.safe_dump(run.config, sort_keys=False, default_flow_style=None)
-            if run.config is not None
-            else "(config.yaml missing or unreadable)"
-        )
+        text = run.config_text if run.config is not None else "(config.yaml missing or unreadable)"
         out.append(
             f"<details {'open' if len(runs) == 1 else ''}><summary>config.yaml</summary><pre>{escape(text)}</pre></details>"
         )

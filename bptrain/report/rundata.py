@@ -35,6 +35,7 @@ class Run:
     path: Path
     label: str = ""
     config: dict[str, Any] | None = None
+    config_text: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)
     tests: list[dict[str, Any]] = field(default_factory=list)
@@ -142,14 +143,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
+def _read_config(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The parsed config and its text; libyaml's safe loader when there is one (10x faster)."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
+        return None, None
+    return (data if isinstance(data, dict) else None), text
 
 
 def is_run_dir(path: Path) -> bool:
@@ -193,7 +196,7 @@ def load_run(path: Path) -> Run:
         target = {"step": run.steps, "epoch": run.epochs, "test": run.tests, "event": run.events}
         if kind in target:
             target[kind].append(record)
-    run.config = _read_config(path / "config.yaml")
+    run.config, run.config_text = _read_config(path / "config.yaml")
     run.summary = _read_json(path / "summary.json")
     run.layers = read_layer_log(path / LAYER_LOG)
     run.grad_inspect = _read_json(path / GRAD_INSPECT)
