@@ -181,7 +181,9 @@ class ConsoleProgress:
         self.validating = (done, total) if done < total else None
         if self.mode == "plain" and done < total:
             now = time.perf_counter()
-            if now - self._last_plain >= 30:
+            if done == 1:  # the 30 s count from the start of this validation
+                self._last_plain = now
+            elif now - self._last_plain >= 30:
                 self._last_plain = now
                 print(f"[val] epoch {self._epoch_text()} batch {done}/{total}", flush=True)
 
