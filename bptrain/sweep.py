@@ -315,19 +315,64 @@ def write_tables(root: Path, rows: list[dict[str, Any]], outcomes: list[Outcome]
     (root / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def short_labels(labels: list[str]) -> list[str]:
+    """Variant labels cut to what tells them apart, for a table that fits the terminal.
+
+    'optimizer.name=sgd optimizer.lr=0.1' -> 'name=sgd lr=0.1': a swept key keeps the shortest
+    dotted suffix that no other swept key shares, and a key with the same value in every
+    variant is dropped. The files (sweep.csv, .json, .md) keep the full labels.
+    """
+    split = [
+        [part.split("=", 1) for part in re.split(r" (?=[A-Za-z_][\w.]*=)", label) if "=" in part]
+        for label in labels
+    ]
+    keys = list(dict.fromkeys(key for parts in split for key, _ in parts))
+    values = {key: {dict(parts).get(key) for parts in split} for key in keys}
+    differing = [key for key in keys if len(values[key]) > 1] or keys
+
+    def suffix(key: str) -> str:
+        names = key.split(".")
+        for n in range(1, len(names) + 1):
+            tail = ".".join(names[-n:])
+            if not any(
+                other != key and (other == tail or other.endswith("." + tail)) for other in keys
+            ):
+                return tail
+        return key
+
+    short = []
+    for label, parts in zip(labels, split, strict=True):
+        kept = [f"{suffix(key)}={value}" for key, value in parts if key in differing]
+        short.append(" ".join(kept) if parts else label)
+    return short
+
+
 def print_table(console: Console, rows: list[dict[str, Any]]) -> None:
     """The terminal table: validation metrics, epochs to the best and time (the files have all)."""
     keys = [k for k in _metric_keys(rows) if "val/" in k or k in ("best epoch", "wall s")]
-    table = Table(title="sweep (mean ± std over seeds)", header_style="bold")
-    for column in ["variant", "ok", *keys, "status"]:
-        table.add_column(column, justify="left" if column in ("variant", "status") else "right")
-    for row in rows:
-        table.add_row(
-            row["variant"],
-            f"{row['ok']}/{row['runs']}",
-            *(_fmt(row, k) for k in keys),
-            row["status"],
+    from rich import box
+
+    # light rules, no vertical borders: the numbers get the room
+    table = Table(
+        title="sweep (mean ± std over seeds)",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    labels = short_labels([row["variant"] for row in rows])
+    # a variant wraps between its key=value parts, never inside one
+    widest_part = max((len(part) for label in labels for part in label.split()), default=7)
+    show_status = any(row["status"] != "completed" for row in rows)  # else `ok` says it all
+    for column in ["variant", "ok", *keys, *(["status"] if show_status else [])]:
+        table.add_column(
+            column,
+            justify="left" if column in ("variant", "status") else "right",
+            overflow="fold",  # a long value wraps inside its cell instead of ending in '…'
+            min_width=min(widest_part, console.width // 3) if column == "variant" else None,
         )
+    for row, label in zip(rows, labels, strict=True):
+        status = [row["status"]] if show_status else []
+        table.add_row(label, f"{row['ok']}/{row['runs']}", *(_fmt(row, k) for k in keys), *status)
     console.print(table)
     for row in rows:
         if row["error"]:

@@ -141,3 +141,45 @@ def test_parallel_jobs_run_subprocesses_on_the_quickstart(tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert all(0 < r["val/acc"] <= 1 for r in rows)
     assert (tmp_path / "quickstart-sweep" / "optimizer.lr=1e-3.log").exists()
+
+
+@pytest.mark.parametrize("width", [60, 80, 160])
+def test_sweep_table_fits_the_width_with_variants_cut_to_what_differs(width):
+    import io
+
+    from rich.console import Console
+
+    from bptrain.sweep import print_table
+
+    rows = [
+        {
+            "variant": f"optimizer.name={name} optimizer.lr={lr}",
+            "runs": 3,
+            "ok": 3,
+            "status": "completed",
+            "error": None,
+            "val/loss": 0.1234,
+            "val/loss std": 0.01,
+            "val/acc": 0.9712,
+            "val/acc std": 0.002,
+            "best epoch": 18.0,
+            "best epoch std": 1.0,
+            "wall s": 12.3,
+            "wall s std": 0.4,
+        }
+        for name in ("sgd", "adamw")
+        for lr in ("0.1", "0.003")
+    ]
+    out = io.StringIO()
+    print_table(Console(file=out, width=width), rows)
+    text = out.getvalue()
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "…" not in text
+    lines = text.splitlines()
+    assert text.count("12.3 ±") == 4 and text.count("0.4") == 4  # the last column, whole
+    # labels cut to what differs; a part is never split, whole labels when there is room
+    tokens = {token for line in lines for token in line.split()}
+    assert {"name=sgd", "name=adamw", "lr=0.1", "lr=0.003"} <= tokens
+    assert "optimizer." not in text
+    if width >= 160:
+        assert sum("name=adamw lr=0.003" in line for line in lines) == 1
