@@ -300,9 +300,10 @@ def run_search(
 
     try:
         import optuna  # noqa: F401
-    except ImportError:
+    except ImportError as err:
         raise UserError(
-            "--search needs Optuna: pip install 'bptrain[search]' (or optuna), then run it again."
+            f"--search needs Optuna ({err}): pip install 'bptrain[search]' (or optuna), then run "
+            "it again."
         ) from None
     base = load_config(args.config, args.overrides)
     root = search_dir_for(base)
