@@ -149,6 +149,7 @@ def _run_variant(
         return _outcome_from(variant, finished, status="skipped")
     resume = _interrupted_run(root / variant.slug, config_text)
     if jobs <= 1:
+        # imported here: with --jobs > 1 the variants are subprocesses and this one never loads torch
         from bptrain.train import Interrupted, fit
 
         log_path = root / f"{variant.slug}.log"

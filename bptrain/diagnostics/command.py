@@ -15,13 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
+from bptrain.checkpoint import load_checkpoint, model_state
+from bptrain.components import build_components
+from bptrain.config import load_config
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
 from bptrain.diagnostics.plot import plot
 from bptrain.diagnostics.render import print_report, sweep_table
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
+from bptrain.optim import build_optimizer
+from bptrain.runtime import resolve_device, seed_everything
 from bptrain.search_space import distinct, grid, is_multi_valued, parse_axes
 
 SweepPoint = tuple[str, list[str]]
@@ -61,14 +67,6 @@ def inspect_config(
     options: InspectOptions,
 ) -> tuple[Report, int]:
     """Build everything as ``fit`` does and inspect; returns the report and the batches actually used."""
-    import torch
-
-    from bptrain.checkpoint import load_checkpoint, model_state
-    from bptrain.components import build_components
-    from bptrain.config import load_config
-    from bptrain.optim import build_optimizer
-    from bptrain.runtime import resolve_device, seed_everything
-
     cfg = load_config(config_path, overrides)
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, False)
