@@ -344,6 +344,152 @@ def evaluate(
     _guarded(run)
 
 
+RunArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A run directory (uses checkpoints/best.pt, else last.pt), a checkpoint file, or a config (its newest run).",
+        show_default=False,
+        metavar="RUN_DIR|CHECKPOINT|CONFIG",
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(help="Use this checkpoint (.pt or .safetensors) instead of the run's best/last."),
+]
+
+
+def _load_run(target: Path, checkpoint: Path | None, device: str = "cpu") -> Any:
+    from bptrain.api import load_run
+
+    return load_run(target, checkpoint, device=device)
+
+
+@app.command()
+def predict(
+    run: RunArg,
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="A .npz (arrays x[, y]), a .csv with the training columns (target optional), or a directory of images.",
+            show_default=False,
+        ),
+    ] = ...,  # type: ignore[assignment]
+    output: Annotated[
+        Path,
+        typer.Option(help="Where to write predictions: .csv, .npz or .jsonl.", show_default=False),
+    ] = ...,  # type: ignore[assignment]
+    checkpoint: CheckpointOpt = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, mps or auto.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
+) -> None:
+    """Predict with a trained model, applying the preprocessing fitted on its training data.
+
+    Writes the predicted class in the original labels (and class probabilities), or the regression values; with targets in the input, also the target and whether each prediction is correct.
+    """
+
+    def run_command() -> None:
+        from bptrain.predict import run_predict
+
+        report = run_predict(_load_run(run, checkpoint, device), input_path, output, batch_size)
+        if as_json:
+            sys.stdout.write(json.dumps(report) + "\n")
+        else:
+            line = f"wrote {report['samples']} predictions to {report['output']} (model {report['checkpoint']})"
+            for key in ("accuracy", "mse"):
+                if key in report:
+                    line += f"; {key} {report[key]:.4f}"
+            typer.echo(line)
+
+    _guarded(run_command)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torch_export = "torch.export"
+    torchscript = "torchscript"
+    safetensors = "safetensors"
+
+
+@app.command()
+def export(
+    run: RunArg,
+    format: Annotated[ExportFormat, typer.Option("--format", help="Artifact format.")] = (
+        ExportFormat.onnx
+    ),
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Output file (default: <run>/exports/<checkpoint>.<ext>)."),
+    ] = None,
+    checkpoint: CheckpointOpt = None,
+    dynamic_batch: Annotated[
+        bool, typer.Option(help="Leave the batch dimension free (onnx, torch.export).")
+    ] = True,
+    opset: Annotated[
+        int | None, typer.Option(min=7, help="ONNX opset version (default: the exporter's).")
+    ] = None,
+    fold_preprocessing: Annotated[
+        bool,
+        typer.Option(
+            help="Put the training standardisation inside the graph, so it takes raw inputs."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON object.")
+    ] = False,
+) -> None:
+    """Export a trained model and verify it: the artifact and the eager model must agree to 1e-4 on a real batch.
+
+    Also writes <artifact>.preprocessing.json: the training preprocessing, whether it is folded in, the input and output.
+    """
+
+    def run_command() -> None:
+        from bptrain.export import ExportOptions, export_run
+
+        report = export_run(
+            _load_run(run, checkpoint),
+            ExportOptions(format.value, output, dynamic_batch, opset, fold_preprocessing),
+        )
+        if as_json:
+            sys.stdout.write(json.dumps(report) + "\n")
+        else:
+            typer.echo(
+                f"wrote {report['path']} ({report['format']}) and {report['preprocessing']}\n"
+                f"verified: max abs difference {report['max_abs_diff']:.3g} vs the eager model "
+                f"on {report['verified_on']} (tolerance {report['tolerance']:g})"
+            )
+
+    _guarded(run_command)
+
+
+@app.command()
+def summary(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+) -> None:
+    """The model CONFIG builds, layer by layer: output shapes from a real forward pass, parameters, trainable."""
+
+    def run_command() -> None:
+        from bptrain.config import load_config
+        from bptrain.model_summary import render, summarize_config
+
+        result = summarize_config(load_config(config, overrides or []))
+        if as_json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            from rich.console import Console
+
+            Console(width=max(120, Console().width)).print(render(result))
+
+    _guarded(run_command)
+
+
 class FailOn(str, Enum):
     warning = "warning"
     error = "error"

@@ -4,9 +4,16 @@
 normalises with training statistics only, infers the task (integer targets are
 classes, real targets are regression), and returns loaders whose order is a pure
 function of (seed, epoch): that is what makes mid-epoch resume exact.
+
+What it fits on the training split (mean/std, the csv label mapping) comes back as the
+bundle's ``preprocessing`` (``bptrain.preprocess``); given a trained model's
+preprocessing instead, it applies that and fits nothing, so evaluating on new data
+measures the model as it will be used.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +26,9 @@ from bptrain.data.loaders import Batches, DataLoaderBatches, TensorBatches
 from bptrain.data.sources import Arrays, read_source
 from bptrain.errors import UserError
 
+if TYPE_CHECKING:
+    from bptrain.preprocess import Preprocessing
+
 __all__ = ["Batches", "DataBundle", "DataSpec", "build_data"]
 
 
@@ -29,15 +39,20 @@ def build_data(
     rank: int = 0,
     world_size: int = 1,
     integer_inputs: bool = False,
+    preprocessing: Preprocessing | None = None,
 ) -> DataBundle:
     """Turn a data config into train/val/test batches on (or for) ``device``.
 
     Integer inputs become float32 unless ``integer_inputs`` (the model embeds token ids, see
     ``models.takes_token_ids``): then they stay int64 and are never normalised.
+    ``preprocessing`` (a trained model's) is applied as it is instead of being fitted here.
     """
+    from bptrain.preprocess import Preprocessing
+
     if isinstance(cfg, ImageFolderData):
-        return build_imagefolder(cfg, seed, device, rank, world_size)
-    splits = read_source(cfg, seed)
+        return build_imagefolder(cfg, seed, device, rank, world_size, preprocessing)
+    given = preprocessing
+    splits = read_source(cfg, seed, given.class_names if given is not None else None)
     train, val, test = splits.train, splits.val, splits.test
     rng = np.random.default_rng(
         seed + 1
@@ -52,16 +67,33 @@ def build_data(
             "validation",
         )  # type: ignore[attr-defined]
     spec = _infer_spec(train, [s for s in (val, test) if s is not None])
+    if given is not None:
+        spec = _trained_spec(given, spec)
     keep_tokens = integer_inputs and spec.token_range is not None
     if cfg.normalize and keep_tokens:  # type: ignore[attr-defined]
         raise UserError(
             "data.normalize would turn the token ids the model embeds into real numbers; set data.normalize=false."
         )
-    if cfg.normalize:  # type: ignore[attr-defined]
+    mean = std = None
+    if given is not None:  # the trained model's statistics, never these data's
+        if given.mean is not None and given.std is not None:
+            mean, std = given.mean.numpy(), given.std.numpy()
+    elif cfg.normalize:  # type: ignore[attr-defined]
         mean, std = _feature_stats(train[0])
+    if mean is not None:
         train, val, test = (
             None if s is None else ((s[0] - mean) / std, s[1]) for s in (train, val, test)
         )  # type: ignore[misc]
+    fitted = given or Preprocessing(
+        spec,
+        None if mean is None else torch.from_numpy(np.asarray(mean, dtype=np.float32)),
+        None if std is None else torch.from_numpy(np.asarray(std, dtype=np.float32)),
+        class_names=splits.class_names,
+        feature_names=splits.feature_names,
+        target_name=getattr(cfg, "target", None) if splits.feature_names else None,
+        integer_inputs=keep_tokens,
+        source=cfg.source,  # type: ignore[attr-defined]
+    )
 
     def to_tensors(arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor]:
         x_dtype = torch.int64 if keep_tokens else torch.float32
@@ -100,7 +132,33 @@ def build_data(
             _to_device_if_it_fits(x, device), _to_device_if_it_fits(y, device), **common
         )  # type: ignore[arg-type]
 
-    return DataBundle(batches(train, True), batches(val, False), batches(test, False), spec)  # type: ignore[arg-type]
+    return DataBundle(
+        batches(train, True),  # type: ignore[arg-type]
+        batches(val, False),
+        batches(test, False),
+        spec,
+        fitted,
+    )
+
+
+def _trained_spec(given: Preprocessing, found: DataSpec) -> DataSpec:
+    """The trained model's data spec, after checking these data fit it (shape, classes, task)."""
+    trained = given.spec
+    if tuple(found.input_shape) != tuple(trained.input_shape):
+        raise UserError(
+            f"data: inputs have shape (N, {', '.join(map(str, found.input_shape))}) but the model was trained "
+            f"on (N, {', '.join(map(str, trained.input_shape))})."
+        )
+    if found.task != trained.task:
+        raise UserError(
+            f"data: the targets look like {found.task} but the model was trained for {trained.task}."
+        )
+    if trained.task == "classification" and (found.num_classes or 0) > (trained.num_classes or 0):
+        raise UserError(
+            f"data: class label {(found.num_classes or 1) - 1} is out of range; the model knows "
+            f"{trained.num_classes} classes (0..{(trained.num_classes or 1) - 1})."
+        )
+    return trained
 
 
 def _infer_spec(train: Arrays, others: list[Arrays]) -> DataSpec:

@@ -4,13 +4,16 @@ seeded hold-out split that every source (in-memory arrays, image folders) uses f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from bptrain.data.loaders import Batches
 from bptrain.data.sources import Arrays
 from bptrain.errors import UserError
+
+if TYPE_CHECKING:
+    from bptrain.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class DataBundle:
     val: Batches | None
     test: Batches | None
     spec: DataSpec
+    preprocessing: Preprocessing | None = None  # fitted on (or given for) the training split
 
 
 def hold_out(

@@ -10,6 +10,7 @@ of workers. Pillow is an optional extra: ``pip install 'bptrain[images]'``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,11 +152,24 @@ def _channel_stats(
 
 
 def build_imagefolder(
-    cfg: ImageFolderData, seed: int, device: torch.device, rank: int, world_size: int
+    cfg: ImageFolderData,
+    seed: int,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    preprocessing: Any = None,
 ):
-    """Split the file list (seeded), compute normalisation on the training files, and make loaders."""
+    """Split the file list (seeded), compute normalisation on the training files, and make loaders.
+
+    With a trained model's ``preprocessing``, its class names and mean/std are used instead.
+    """
+    from bptrain.preprocess import Preprocessing
+
     _pillow()  # fail early and clearly when Pillow is missing
     files, labels, classes = list_images(cfg.root)
+    if preprocessing is not None and preprocessing.class_names is not None:
+        labels = _relabel(labels, classes, preprocessing.class_names, cfg.root)
+        classes = preprocessing.class_names
     paths = np.asarray([str(f) for f in files])
     train, val, test = (paths, labels), None, None
     rng = np.random.default_rng(seed + 1)  # the same split stream as in-memory sources
@@ -165,13 +179,17 @@ def build_imagefolder(
         train, val = hold_out(train, cfg.val_fraction / (1 - cfg.test_fraction), rng, "validation")
     train_files = [Path(p) for p in train[0]]
     mean = std = None
-    if cfg.mean is not None and cfg.std is not None:
+    if preprocessing is not None:
+        mean, std = preprocessing.mean, preprocessing.std
+    elif cfg.mean is not None and cfg.std is not None:
         mean = torch.tensor(cfg.mean, dtype=torch.float32)[:, None, None]
         std = torch.tensor(cfg.std, dtype=torch.float32)[:, None, None]
     elif cfg.normalize:
         mean, std = _channel_stats(train_files, cfg, seed)
     channels = 1 if cfg.grayscale else 3
     spec = DataSpec("classification", (channels, cfg.image_size, cfg.image_size), len(classes), ())
+    if preprocessing is not None:
+        spec = preprocessing.spec
 
     def batches(split, training: bool):
         if split is None:
@@ -192,4 +210,26 @@ def build_imagefolder(
             even_shards=training,
         )
 
-    return DataBundle(batches(train, True), batches(val, False), batches(test, False), spec)
+    fitted = preprocessing or Preprocessing(
+        spec,
+        mean,
+        std,
+        class_names=list(classes),
+        image={"size": cfg.image_size, "grayscale": cfg.grayscale},
+        source=cfg.source,
+    )
+    return DataBundle(batches(train, True), batches(val, False), batches(test, False), spec, fitted)
+
+
+def _relabel(labels: np.ndarray, found: list[str], trained: list[str], root: Path) -> np.ndarray:
+    """Indices into `found` -> indices into the trained model's classes; an unknown class is an error."""
+    unknown = [name for name in found if name not in trained]
+    if unknown:
+        from bptrain.errors import UserError
+
+        raise UserError(
+            f"data.root {root}: class director(ies) {', '.join(map(repr, unknown))} unknown to the model, "
+            f"which was trained on {', '.join(map(repr, trained))}."
+        )
+    mapping = np.array([trained.index(name) for name in found], dtype=np.int64)
+    return mapping[labels]

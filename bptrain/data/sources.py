@@ -41,9 +41,12 @@ class Splits:
     train: Arrays
     val: Arrays | None = None
     test: Arrays | None = None
+    class_names: list[str] | None = None  # csv string labels: index -> label
+    feature_names: list[str] | None = None  # csv feature columns, in order
 
 
-def read_source(cfg: object, seed: int) -> Splits:
+def read_source(cfg: object, seed: int, class_names: list[str] | None = None) -> Splits:
+    """The source's arrays; `class_names` (from a trained model) maps csv string labels instead of fitting a mapping."""
     rng = np.random.default_rng(seed)
     if isinstance(cfg, SpiralsData):
         return Splits(synthetic.spirals(cfg.n_samples, cfg.n_classes, cfg.noise, rng))
@@ -62,7 +65,10 @@ def read_source(cfg: object, seed: int) -> Splits:
     if isinstance(cfg, NpzData):
         return read_npz(cfg.path)
     if isinstance(cfg, CsvData):
-        return Splits(read_csv(cfg.path, cfg.target, cfg.task))
+        table = read_csv(cfg.path, cfg.target, cfg.task, class_names)
+        return Splits(
+            (table.x, table.y), class_names=table.class_names, feature_names=table.features
+        )
     if isinstance(cfg, AddingData):
         return Splits(synthetic.adding(cfg.n_samples, cfg.length, rng))
     if isinstance(cfg, CopyData):
@@ -131,13 +137,22 @@ def read_npz(path: Path) -> Splits:
     return Splits(pair(""), pair("_val"), pair("_test"))  # type: ignore[arg-type]
 
 
-def read_csv(path: Path, target: str, task: str) -> Arrays:
+@dataclass
+class CsvTable:
+    x: np.ndarray
+    y: np.ndarray
+    features: list[str]  # feature column names, in the order of x's columns
+    class_names: list[str] | None  # string labels in index order; None for numeric targets
+
+
+def read_csv(path: Path, target: str, task: str, class_names: list[str] | None = None) -> CsvTable:
+    """A csv with a header: every column but `target` is a numeric feature.
+
+    String labels become class indices in sorted order, or by `class_names` when given
+    (a trained model's mapping; an unknown label is an error naming it).
+    """
     _check_file(path, "data.path")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    if len(rows) < 2:
-        raise UserError(f"data.path {path}: expected a header row and at least one data row.")
-    header, body = rows[0], rows[1:]
+    header, body = read_csv_rows(path, "data.path")
     if target not in header:
         close = difflib.get_close_matches(target, header, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -146,13 +161,37 @@ def read_csv(path: Path, target: str, task: str) -> Arrays:
         )
     t = header.index(target)
     features = [i for i in range(len(header)) if i != t]
-    x = np.empty((len(body), len(features)), dtype=np.float32)
+    x = csv_features(path, header, body, features)
+    labels = [row[t] for row in body]
+    y, names = _csv_targets(labels, task, path, class_names)
+    return CsvTable(x, y, [header[i] for i in features], names)
+
+
+def read_csv_rows(path: Path, key: str) -> tuple[list[str], list[list[str]]]:
+    """Header and data rows; an empty file or a header without rows is an error."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{key} {path}: cannot read it as csv ({err}).") from None
+    if len(rows) < 2:
+        raise UserError(
+            f"{key} {path}: expected a header row and at least one data row, found {len(rows)} row(s)."
+        )
+    return rows[0], rows[1:]
+
+
+def csv_features(
+    path: Path, header: list[str], body: list[list[str]], columns: list[int]
+) -> np.ndarray:
+    """The given columns as float32 (N, len(columns)); a non-number is named by line and column."""
+    x = np.empty((len(body), len(columns)), dtype=np.float32)
     for line, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise UserError(
                 f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}."
             )
-        for j, col in enumerate(features):
+        for j, col in enumerate(columns):
             try:
                 x[line - 2, j] = float(row[col])
             except ValueError:
@@ -160,11 +199,21 @@ def read_csv(path: Path, target: str, task: str) -> Arrays:
                     f"{path}, line {line}, column '{header[col]}': {row[col]!r} is not a number. "
                     "Feature columns must be numeric (encode categories first)."
                 ) from None
-    labels = [row[t] for row in body]
-    return x, _csv_targets(labels, task, path)
+    return x
 
 
-def _csv_targets(labels: list[str], task: str, path: Path) -> np.ndarray:
+def _csv_targets(
+    labels: list[str], task: str, path: Path, class_names: list[str] | None
+) -> tuple[np.ndarray, list[str] | None]:
+    if class_names is not None:  # a trained model's mapping: apply it, never re-fit
+        lookup = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted({v for v in labels if v not in lookup})
+        if unknown:
+            raise UserError(
+                f"data.path {path}: unknown label(s) {', '.join(map(repr, unknown[:8]))} in the target "
+                f"column; the model was trained on {', '.join(map(repr, class_names))}."
+            )
+        return np.array([lookup[v] for v in labels], dtype=np.int64), class_names
     try:
         values = np.array([float(v) for v in labels], dtype=np.float64)
     except ValueError:
@@ -174,12 +223,12 @@ def _csv_targets(labels: list[str], task: str, path: Path) -> np.ndarray:
             ) from None
         names = sorted(set(labels))  # string labels become class indices in sorted order
         lookup = {name: i for i, name in enumerate(names)}
-        return np.array([lookup[v] for v in labels], dtype=np.int64)
+        return np.array([lookup[v] for v in labels], dtype=np.int64), names
     integral = bool(np.all(values == np.round(values))) and values.min() >= 0
     if task == "classification" or (task == "auto" and integral):
         if not integral:
             raise UserError(
                 f"data.path {path}: data.task is classification but the targets are not non-negative integers."
             )
-        return values.astype(np.int64)
-    return values.astype(np.float32)
+        return values.astype(np.int64), None
+    return values.astype(np.float32), None

@@ -65,7 +65,7 @@ class RNN(nn.Module):
             features = torch.cat([steps[:, -1, :h], steps[:, 0, h:]], dim=-1)
         else:
             features = steps[:, -1]
-        out = self.head(self.dropout(self.norm(features))).reshape(len(x), *self.out_shape)
+        out = self.head(self.dropout(self.norm(features))).reshape(x.shape[0], *self.out_shape)
         return torch.log_softmax(out, dim=-1) if self.log_softmax else out
 
 

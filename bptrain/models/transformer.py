@@ -82,7 +82,7 @@ class Transformer(nn.Module):
         else:
             x = self.embed(x.unsqueeze(-1).float() if x.ndim == 2 else x.float())
         if self.cls is not None:
-            x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
         steps = x.shape[1]
         if steps > self.max_len:
             raise ValueError(
@@ -113,7 +113,7 @@ class Transformer(nn.Module):
             features = x.amax(dim=1)
         else:
             features = x.mean(dim=1)
-        out = self.head(features).reshape(len(x), *self.out_shape)
+        out = self.head(features).reshape(x.shape[0], *self.out_shape)
         return torch.log_softmax(out, dim=-1) if self.log_softmax else out
 
 
