@@ -4,4 +4,16 @@ Importing this package must stay cheap: the CLI's ``--help`` path imports it, an
 torch is imported only by the modules that train, evaluate or inspect.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["fit", "load_run"]
+
+
+def __getattr__(name: str) -> Any:
+    """``from bptrain import load_run, fit`` without importing torch at ``import bptrain``."""
+    if name in ("fit", "load_run"):
+        from bptrain import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bptrain' has no attribute {name!r}")

@@ -111,7 +111,11 @@ def locate_checkpoint(
         run_dir = path
         if checkpoint is None:
             ckpt = _default_checkpoint(run_dir)
-        return (run_dir / "config.yaml" if (run_dir / "config.yaml").is_file() else None), ckpt, run_dir
+        return (
+            (run_dir / "config.yaml" if (run_dir / "config.yaml").is_file() else None),
+            ckpt,
+            run_dir,
+        )
     if not path.exists():
         raise UserError(f"{path}: no such run directory, checkpoint or config file.")
     if path.suffix in (".yaml", ".yml"):
@@ -164,7 +168,9 @@ def run_status(run_dir: Path) -> str:
     return "no summary.json: still running, or stopped before its first checkpoint"
 
 
-def _config(saved: dict[str, Any], config_path: Path | None, run_dir: Path | None, ckpt: Path) -> Config:
+def _config(
+    saved: dict[str, Any], config_path: Path | None, run_dir: Path | None, ckpt: Path
+) -> Config:
     """The config the weights were trained with: the checkpoint's own, else the run's config.yaml."""
     if isinstance(saved.get("config"), dict):
         return validate_config(dict(saved["config"]), source=f"{ckpt} (its config)")
@@ -194,7 +200,10 @@ def _preprocessing(
             file=sys.stderr,
         )
     data = build_data(
-        cfg.data, seed=cfg.seed, device=torch.device("cpu"), integer_inputs=takes_token_ids(cfg.model)
+        cfg.data,
+        seed=cfg.seed,
+        device=torch.device("cpu"),
+        integer_inputs=takes_token_ids(cfg.model),
     )
     return data.preprocessing  # type: ignore[return-value]
 

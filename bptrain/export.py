@@ -16,6 +16,7 @@ a ``UserError`` (exit 2) naming the module being traced and the operator when kn
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ from bptrain.errors import TrainingError, UserError
 if TYPE_CHECKING:
     from bptrain.api import LoadedRun
 
-FORMATS = {"onnx": ".onnx", "torch.export": ".pt2", "torchscript": ".ts.pt", "safetensors": ".safetensors"}
+FORMATS = {
+    "onnx": ".onnx",
+    "torch.export": ".pt2",
+    "torchscript": ".ts.pt",
+    "safetensors": ".safetensors",
+}
 TOLERANCE = 1e-4
 TRACE_BATCH = 2  # traced with 2 samples: a batch of 1 would let the exporter specialise the size
 VERIFY_BATCH = 16
@@ -83,7 +89,10 @@ def export_run(run: LoadedRun, options: ExportOptions) -> dict[str, Any]:
         "torchscript": (_write_torchscript, _run_torchscript),
         "safetensors": (_write_safetensors, lambda p: _run_safetensors(p, run)),
     }[options.fmt]
-    with _explain_failure(module, options.fmt):
+    with _explain_failure(module, options.fmt), warnings.catch_warnings():
+        # the exporters' internal deprecation notices say nothing about the user's model
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
         writer(module, example, path, options)
     actual = runner(path)(batch)
     diff = float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - expected.double().numpy())))
@@ -173,7 +182,11 @@ def _random_batch(prep: Any, n: int) -> torch.Tensor:
 def _output_description(run: LoadedRun) -> dict[str, Any]:
     prep, objective = run.preprocessing, run.objective
     if prep.spec.task == "regression":
-        return {"name": "output", "meaning": "regression values", "shape": ["batch", *prep.spec.target_shape]}
+        return {
+            "name": "output",
+            "meaning": "regression values",
+            "shape": ["batch", *prep.spec.target_shape],
+        }
     meaning = (
         "one logit per sample: P(class 1) = sigmoid(output)"
         if objective.binary
@@ -192,7 +205,9 @@ def _dynamic_shapes(options: ExportOptions) -> Any:
 # ------------------------------------------------------------------ one writer and runner per format
 
 
-def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
+def _write_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions
+) -> None:
     try:
         import onnx  # noqa: F401  (the exporter needs it; fail with the install hint first)
         import onnxscript  # noqa: F401
@@ -219,13 +234,17 @@ def _run_onnx(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     try:
         import onnxruntime
     except ImportError:
-        raise UserError("verifying ONNX needs onnxruntime: pip install 'bptrain[export]'.") from None
+        raise UserError(
+            "verifying ONNX needs onnxruntime: pip install 'bptrain[export]'."
+        ) from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
-def _write_pt2(module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
+def _write_pt2(
+    module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions
+) -> None:
     program = torch.export.export(module, (example,), dynamic_shapes=_dynamic_shapes(options))
     torch.export.save(program, str(path))
 
@@ -236,11 +255,13 @@ def _run_pt2(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: _no_grad(loaded, x)
 
 
-def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
-    import warnings
-
+def _write_torchscript(
+    module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions
+) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice; the check below is what counts
+        warnings.simplefilter(
+            "ignore"
+        )  # TorchScript's deprecation notice; the check below is what counts
         traced = torch.jit.trace(module, example, check_trace=False)
     torch.jit.save(traced, str(path))
 
@@ -250,10 +271,14 @@ def _run_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
     return lambda x: _no_grad(loaded, x)
 
 
-def _write_safetensors(module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
+def _write_safetensors(
+    module: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions
+) -> None:
     from bptrain.checkpoint import save_safetensors
 
-    save_safetensors(module.state_dict(), path, {"format": "pt", "bptrain": __import__("bptrain").__version__})
+    save_safetensors(
+        module.state_dict(), path, {"format": "pt", "bptrain": __import__("bptrain").__version__}
+    )
 
 
 def _run_safetensors(path: Path, run: LoadedRun) -> Callable[[torch.Tensor], np.ndarray]:
@@ -303,15 +328,22 @@ def _explain_failure(module: nn.Module, fmt: str) -> Iterator[None]:
         yield
     except (UserError, KeyboardInterrupt):
         raise
-    except Exception as err:  # the exporters raise many types; all mean "this model does not export"
+    except (
+        Exception
+    ) as err:  # the exporters raise many types; all mean "this model does not export"
         deepest = list(stack)
         where = (
-            f"in module '{names[deepest[-1]]}' ({type(deepest[-1]).__name__})" if deepest else "in the model"
+            f"in module '{names[deepest[-1]]}' ({type(deepest[-1]).__name__})"
+            if deepest
+            else "in the model"
         )
         op = _operator(str(err))
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        first = next(
+            (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
+        )
         raise UserError(
-            f"cannot export to {fmt} {where}" + (f", operator {op}" if op else "")
+            f"cannot export to {fmt} {where}"
+            + (f", operator {op}" if op else "")
             + f": {type(err).__name__}: {first[:400]}. "
             "Try --format torch.export or torchscript, or make the module traceable "
             "(no data-dependent Python control flow, no .item()/.tolist() in forward)."

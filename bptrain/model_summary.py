@@ -177,7 +177,10 @@ def summarize_config(cfg: Any, samples: int = 4) -> ModelSummary:
     from bptrain.models import build_model, takes_token_ids
 
     data = build_data(
-        cfg.data, seed=cfg.seed, device=torch.device("cpu"), integer_inputs=takes_token_ids(cfg.model)
+        cfg.data,
+        seed=cfg.seed,
+        device=torch.device("cpu"),
+        integer_inputs=takes_token_ids(cfg.model),
     )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name)

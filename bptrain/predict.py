@@ -110,7 +110,9 @@ def _read_csv(path: Path, prep: Preprocessing) -> Inputs:
     header, body = read_csv_rows(path, "--input")
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
-        raise UserError(f"--input {path}: column(s) {', '.join(map(repr, duplicated))} appear twice.")
+        raise UserError(
+            f"--input {path}: column(s) {', '.join(map(repr, duplicated))} appear twice."
+        )
     if prep.feature_names is not None:  # trained on a csv: the same columns, by name
         features, target = prep.feature_names, prep.target_name
         missing = [c for c in features if c not in header]
@@ -123,7 +125,8 @@ def _read_csv(path: Path, prep: Preprocessing) -> Inputs:
                 parts.append(f"unexpected column(s) {', '.join(map(repr, extra))}")
             raise UserError(
                 f"--input {path}: {'; '.join(parts)}. The model takes the training columns "
-                f"{', '.join(map(repr, features))}" + (f" (and optionally the target {target!r})." if target else ".")
+                f"{', '.join(map(repr, features))}"
+                + (f" (and optionally the target {target!r})." if target else ".")
             )
         columns = [header.index(c) for c in features]
     else:  # trained on arrays: every column is a feature, in order
@@ -208,7 +211,9 @@ def _progress(total: int) -> tuple[Any, Any]:
     return bar, task
 
 
-def decode(outputs: torch.Tensor, prep: Preprocessing, objective: Objective) -> dict[str, np.ndarray]:
+def decode(
+    outputs: torch.Tensor, prep: Preprocessing, objective: Objective
+) -> dict[str, np.ndarray]:
     """Raw outputs -> {"prediction", and for classification "probabilities", "class_index"}."""
     n, spec = len(outputs), prep.spec
     if spec.task == "regression":
@@ -222,10 +227,8 @@ def decode(outputs: torch.Tensor, prep: Preprocessing, objective: Objective) -> 
         probabilities = torch.softmax(outputs, dim=-1)
     probabilities = probabilities.reshape(n, *spec.target_shape, -1)
     index = probabilities.argmax(dim=-1).numpy()
-    if prep.class_names is not None:
-        prediction = np.asarray(prep.class_names)[index]
-    else:
-        prediction = index
+    names = prep.class_names
+    prediction = np.asarray(names)[index] if names is not None else index
     return {"prediction": prediction, "probabilities": probabilities.numpy(), "class_index": index}
 
 
@@ -276,7 +279,9 @@ def _target_labels(target: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return target
 
 
-def _columns(result: dict[str, np.ndarray], inputs: Inputs, prep: Preprocessing) -> list[dict[str, Any]]:
+def _columns(
+    result: dict[str, np.ndarray], inputs: Inputs, prep: Preprocessing
+) -> list[dict[str, Any]]:
     """One JSON-ready record per sample."""
     rows = []
     labels = [str(prep.label_of(i)) for i in range(prep.spec.num_classes or 0)]
