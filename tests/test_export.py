@@ -151,3 +151,33 @@ def test_export_of_a_run_without_checkpoint_says_its_status(cli, tmp_path):
         result = cli(command, run_dir, *extra)
         assert result.exit_code == 2, result.output
         assert "has no checkpoint" in result.output and "interrupted by SIGTERM" in result.output
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "summary"])
+def test_help_of_the_after_training_commands_never_imports_torch(command):
+    from tests.test_startup import imported_by
+
+    code, loaded = imported_by(command, "--help")
+    assert code == 0
+    assert "torch" not in loaded and "numpy" not in loaded, loaded
+
+
+def test_summary_json_rows_come_from_a_forward_pass(write_config, cli):
+    config = write_config({"=model": {"name": "cnn", "channels": [4, 8]},
+                           "=data": {"source": "shapes", "n_samples": 32, "image_size": 8}})  # fmt: skip
+    result = cli("summary", config, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rows = {row["name"]: row for row in summary["rows"]}
+    assert summary["input_shape"] == [4, 1, 8, 8] and summary["output_shape"] == [4, 4]
+    assert rows["head"]["output_shape"] == [4, 4] and rows["head"]["type"] == "Linear"
+    leaves = [
+        r
+        for r in summary["rows"]
+        if not any(o["name"].startswith(r["name"] + ".") for o in summary["rows"])
+    ]
+    assert (
+        sum(r["params"] for r in leaves) == summary["total_params"] == summary["trainable_params"]
+    )
+    text = cli("summary", config)
+    assert text.exit_code == 0 and "output shape" in text.output and "head" in text.output
