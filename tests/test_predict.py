@@ -154,3 +154,17 @@ def test_preprocessing_round_trips_through_weights_only_load_and_json(tmp_path):
     for other in (back, from_json):
         assert other.spec == prep.spec and other.class_names == prep.class_names
         torch.testing.assert_close(other.transform(x), torch.tensor([[0.0, 0, 0], [2, 2, 2]]))
+
+
+def test_a_v0_1_checkpoint_without_preprocessing_loads_with_a_note(tmp_path, capfd):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "v0_1_run" / "run", run_dir)
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert "preprocessing" not in saved  # written by 0.1
+    run = load_run(run_dir, checkpoint=run_dir / "checkpoints" / "last.pt")
+    assert "stores no preprocessing" in capfd.readouterr().err
+    assert run.preprocessing.spec.input_shape == (2,) and run.preprocessing.mean is None
+    out = run.predict(np.zeros((3, 2), dtype=np.float32))
+    assert out["probabilities"].shape == (3, 2) and set(out["prediction"]) <= {0, 1}
