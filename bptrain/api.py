@@ -28,7 +28,7 @@ from bptrain.config import Config, load_config, validate_config
 from bptrain.errors import UserError
 from bptrain.losses import Objective, build_objective
 from bptrain.models import build_model
-from bptrain.preprocess import Preprocessing
+from bptrain.preprocess import Preprocessing, stored_preprocessing
 from bptrain.runtime import Precision, resolve_device
 
 __all__ = ["LoadedRun", "fit", "load_run", "locate_checkpoint"]
@@ -186,8 +186,9 @@ def _preprocessing(
     saved: dict[str, Any], cfg: Config, run_dir: Path | None, ckpt: Path, quiet: bool
 ) -> Preprocessing:
     """The checkpoint's preprocessing; else the run's preprocessing.json; else re-fitted (0.1 checkpoints)."""
-    if isinstance(saved.get("preprocessing"), dict):
-        return Preprocessing.from_state_dict(saved["preprocessing"])
+    stored = stored_preprocessing(saved, ckpt)
+    if stored is not None:
+        return stored
     if run_dir is not None and (run_dir / "preprocessing.json").is_file():
         return Preprocessing.read_json(run_dir / "preprocessing.json")
     from bptrain.data import build_data

@@ -16,6 +16,7 @@ from bptrain.config import Config
 from bptrain.data import DataBundle, build_data
 from bptrain.losses import Objective, build_objective
 from bptrain.models import build_model, takes_token_ids
+from bptrain.preprocess import Preprocessing
 from bptrain.transfer import freeze, init_from
 
 
@@ -34,10 +35,12 @@ def build_components(
     init_weights: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    preprocessing: Preprocessing | None = None,
 ) -> Components:
     """Data (this rank's shard), objective and model on `device`, with model.freeze applied.
 
     `init_weights=False` skips model.init_from: a checkpoint's weights (resume, eval) replace them anyway.
+    `preprocessing` (a checkpoint's) is applied to the data instead of fitting it again.
     """
     data = build_data(
         cfg.data,
@@ -46,6 +49,7 @@ def build_components(
         integer_inputs=takes_token_ids(cfg.model),
         rank=rank,
         world_size=world_size,
+        preprocessing=preprocessing,
     )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bptrain.checkpoint import load_checkpoint
 from bptrain.components import build_components
 from bptrain.config import Config
 from bptrain.errors import UserError
 from bptrain.evaluate import evaluate
+from bptrain.preprocess import stored_preprocessing
 from bptrain.runtime import Precision, resolve_device, seed_everything
 from bptrain.transfer import load_into, load_weights
 
@@ -18,8 +20,12 @@ __all__ = ["evaluate_checkpoint", "load_into", "load_weights"]
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, deterministic=False)
-    # the checkpoint's weights replace any init_from
-    parts = build_components(cfg, device, init_weights=False)
+    # the checkpoint's weights replace any init_from; its preprocessing (fitted on the training
+    # data) is applied to the evaluated data, never re-fitted on it (0.1 checkpoints have none)
+    saved = {} if checkpoint.suffix == ".safetensors" else load_checkpoint(checkpoint)
+    parts = build_components(
+        cfg, device, init_weights=False, preprocessing=stored_preprocessing(saved, checkpoint)
+    )
     data, objective, model = parts.data, parts.objective, parts.model
     load_into(model, load_weights(checkpoint), checkpoint)
     batches = data.val if split == "val" else data.test

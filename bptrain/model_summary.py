@@ -113,6 +113,20 @@ def summarize(model: nn.Module, example: torch.Tensor) -> ModelSummary:
     )
 
 
+def example_batch(
+    spec: Any, device: torch.device, integer_inputs: bool, samples: int = 2
+) -> torch.Tensor:
+    """Inputs of the data's shape for the summary's forward pass (token ids when the data has them).
+
+    Shapes do not depend on values, and building them is free, where drawing a real batch would
+    start a DataLoader's workers just to print a table.
+    """
+    shape = (samples, *spec.input_shape)
+    if integer_inputs:
+        return torch.zeros(shape, dtype=torch.int64, device=device)
+    return torch.zeros(shape, device=device)
+
+
 def _first_call(module: nn.Module, position: dict[nn.Module, int]) -> float:
     """When the module (or, for a container, its first child) first ran."""
     if module in position:
@@ -160,6 +174,8 @@ def render(summary: ModelSummary, compact: bool = False) -> Any:
             f"{row.params:,}",
             row.trainable_text,
         )
+    if compact:  # the fit header's line above already counts the parameters
+        return table
     frozen = summary.total_params - summary.trainable_params
     table.caption = (
         f"{summary.total_params:,} parameters, {summary.trainable_params:,} trainable"

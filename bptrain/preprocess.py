@@ -119,6 +119,12 @@ class Preprocessing:
             "source": self.source,
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Become the saved preprocessing (the checkpoint contract; see run_state.py)."""
+        saved = Preprocessing.from_state_dict(state)
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(saved, name))
+
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Preprocessing:
         def tensor(value: Any) -> torch.Tensor | None:
@@ -182,6 +188,17 @@ def spec_to_dict(spec: DataSpec) -> dict[str, Any]:
         "target_shape": list(spec.target_shape),
         "token_range": spec.token_range,
     }
+
+
+def stored_preprocessing(saved: dict[str, Any], checkpoint: Path) -> Preprocessing | None:
+    """The preprocessing a checkpoint (or, for a .safetensors, its run directory) holds; None when
+    it has none (bptrain 0.1): the caller then fits it on the training data, as 0.1 did."""
+    if isinstance(saved.get("preprocessing"), dict):
+        return Preprocessing.from_state_dict(saved["preprocessing"])
+    beside = Path(checkpoint).parent.parent / "preprocessing.json"
+    if Path(checkpoint).parent.name == "checkpoints" and beside.is_file():
+        return Preprocessing.read_json(beside)
+    return None
 
 
 def spec_from_dict(state: dict[str, Any]) -> DataSpec:

@@ -64,7 +64,9 @@ from bptrain.faults import (
 )
 from bptrain.grads import LogStepRecorder
 from bptrain.losses import Objective
+from bptrain.model_summary import example_batch, render, summarize
 from bptrain.optim import build_optimizer, build_scheduler
+from bptrain.preprocess import stored_preprocessing
 from bptrain.progress import ConsoleProgress
 from bptrain.resume import load_resume, run_dir_of, version_warning
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
@@ -263,6 +265,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         init_weights=saved is None,  # resuming restores the weights anyway
         rank=dist.rank,
         world_size=dist.world_size,
+        # a resumed run keeps the statistics and label mapping it started with (0.1 files: re-fitted)
+        preprocessing=stored_preprocessing(saved, checkpoint_path) if saved else None,
     )
     if parts.init_report is not None:
         console.print(describe_init(parts.init_report))
@@ -317,6 +321,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
             "nan_guard": guard,
             "rng": RandomState(),
             "data_order": DataOrder(cfg.seed, data.train, loop, warn),  # after progress: its epoch
+            "preprocessing": data.preprocessing,  # what eval, predict and export must apply
         },
         cfg,
         data.spec,
@@ -329,6 +334,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
             rewind_run_dir(run_dir, loop.metrics_bytes)  # drop what was logged after the checkpoint
     if dist.is_main:
         _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
+        _writable(lambda: data.preprocessing.write_json(run_dir / "preprocessing.json"))
     log = (
         _writable(
             lambda: RunLog(run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow)
@@ -339,6 +345,9 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     print_run_header(
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
     )
+    if dist.is_main:  # the model layer by layer, compact (bptrain summary CONFIG shows it all)
+        example = example_batch(data.spec, dist.device, data.preprocessing.integer_inputs)
+        console.print(render(summarize(model, example), compact=True))
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
     # per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
     # Per-layer views of sharded gradients: not yet.

@@ -106,6 +106,23 @@ def test_load_run_predict_equals_the_predict_command(csv_run, cli, tmp_path):
         np.testing.assert_allclose(saved["probabilities"], mine["probabilities"], rtol=0, atol=1e-7)
 
 
+def test_eval_on_shifted_data_differs_from_the_original(csv_run, cli, tmp_path):
+    run_dir, config, x, labels = csv_run
+    shifted = _write_csv(tmp_path / "shifted.csv", ["a", "b", "c", "species"],
+                         [[*(row * 10 + 5), label] for row, label in zip(x, labels, strict=True)])  # fmt: skip
+    ckpt = run_dir / "checkpoints" / "last.pt"
+
+    def evaluate(*overrides: str) -> dict:
+        result = cli("eval", config, *overrides, "--checkpoint", ckpt, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    original, moved = evaluate(), evaluate(f"data.path={shifted}")
+    assert original["samples"] == moved["samples"]
+    # re-fitting the statistics on the shifted file would hide the shift: the numbers would be equal
+    assert moved["val/loss"] != pytest.approx(original["val/loss"], rel=1e-3)
+
+
 def test_bad_predict_inputs_exit_2_naming_the_problem(csv_run, cli, tmp_path):
     run_dir = csv_run[0]
     out = tmp_path / "out.csv"
