@@ -263,11 +263,13 @@ def _write_torchscript(
             "ignore"
         )  # TorchScript's deprecation notice; the check below is what counts
         traced = torch.jit.trace(module, example, check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
 
 
 def _run_torchscript(path: Path) -> Callable[[torch.Tensor], np.ndarray]:
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, not broken
+        loaded = torch.jit.load(str(path), map_location="cpu")
     return lambda x: _no_grad(loaded, x)
 
 

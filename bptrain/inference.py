@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, 
     # the checkpoint's weights replace any init_from; its preprocessing (fitted on the training
     # data) is applied to the evaluated data, never re-fitted on it (0.1 checkpoints have none)
     saved = {} if checkpoint.suffix == ".safetensors" else load_checkpoint(checkpoint)
-    parts = build_components(
-        cfg, device, init_weights=False, preprocessing=stored_preprocessing(saved, checkpoint)
-    )
+    preprocessing = stored_preprocessing(saved, checkpoint)
+    if preprocessing is None:
+        print(
+            f"note: {checkpoint} stores no preprocessing (bptrain 0.1, or a weights-only file); "
+            "fitting it on the evaluated config's training data, as 0.1 did.",
+            file=sys.stderr,
+        )
+    parts = build_components(cfg, device, init_weights=False, preprocessing=preprocessing)
     data, objective, model = parts.data, parts.objective, parts.model
     load_into(model, load_weights(checkpoint), checkpoint)
     batches = data.val if split == "val" else data.test

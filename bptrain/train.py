@@ -334,7 +334,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
             rewind_run_dir(run_dir, loop.metrics_bytes)  # drop what was logged after the checkpoint
     if dist.is_main:
         _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
-        _writable(lambda: data.preprocessing.write_json(run_dir / "preprocessing.json"))
+        if data.preprocessing is not None:
+            _writable(lambda: data.preprocessing.write_json(run_dir / "preprocessing.json"))  # type: ignore[union-attr]
     log = (
         _writable(
             lambda: RunLog(run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow)
@@ -346,7 +347,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
     )
     if dist.is_main:  # the model layer by layer, compact (bptrain summary CONFIG shows it all)
-        example = example_batch(data.spec, dist.device, data.preprocessing.integer_inputs)
+        tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
+        example = example_batch(data.spec, dist.device, tokens)
         console.print(render(summarize(model, example), compact=True))
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
     # per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
