@@ -271,6 +271,14 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if parts.init_report is not None:
         console.print(describe_init(parts.init_report))
     model, data = parts.model, parts.data
+    layers = None  # the model layer by layer, compact (bptrain summary CONFIG shows it all);
+    if (
+        dist.is_main
+    ):  # before any wrapping: a forward of an FSDP-sharded model on one rank would hang
+        tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
+        layers = render(
+            summarize(model, example_batch(data.spec, dist.device, tokens)), compact=True
+        )
     # DDP when distributed; FSDP shards the model in place, so the optimizer comes after
     forward = distributed.wrap(
         model, dist, cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.fsdp_blocks
@@ -346,10 +354,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     print_run_header(
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
     )
-    if dist.is_main:  # the model layer by layer, compact (bptrain summary CONFIG shows it all)
-        tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
-        example = example_batch(data.spec, dist.device, tokens)
-        console.print(render(summarize(model, example), compact=True))
+    if layers is not None:
+        console.print(layers)
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
     # per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
     # Per-layer views of sharded gradients: not yet.
