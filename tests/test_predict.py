@@ -185,3 +185,41 @@ def test_a_v0_1_checkpoint_without_preprocessing_loads_with_a_note(tmp_path, cap
     assert run.preprocessing.spec.input_shape == (2,) and run.preprocessing.mean is None
     out = run.predict(np.zeros((3, 2), dtype=np.float32))
     assert out["probabilities"].shape == (3, 2) and set(out["prediction"]) <= {0, 1}
+
+
+def test_predict_on_an_image_folder_uses_the_class_names_and_training_statistics(
+    write_config, cli, tmp_path
+):
+    from PIL import Image  # the optional extra bptrain[images]; part of bptrain[test]
+
+    rng = np.random.default_rng(0)
+
+    def tree(root: Path, per_class: int) -> Path:
+        for label, dark in (("left", slice(0, 6)), ("right", slice(6, 12))):
+            (root / label).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(150, 255, (10, 12, 3), dtype=np.uint8)
+                pixels[:, dark] //= 4
+                Image.fromarray(pixels).save(root / label / f"{i}.png")
+        return root
+
+    data = {"source": "imagefolder", "root": str(tree(tmp_path / "train", 12)), "image_size": 8,
+            "num_workers": 0, "batch_size": 8, "normalize": True, "val_fraction": 0.25}  # fmt: skip
+    config = write_config(
+        {"=data": data, "=model": {"name": "cnn", "channels": [4]}, "trainer": {"max_epochs": 1}},
+        name="images",
+    )
+    assert cli("fit", config).exit_code == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    out = tmp_path / "pred.jsonl"
+    result = cli("predict", run_dir, "--input", tree(tmp_path / "new", 3), "--output", out)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["target"] for r in records] == ["left"] * 3 + ["right"] * 3
+    assert records[0]["id"] == "left/0.png" and set(records[0]["probabilities"]) == {
+        "left",
+        "right",
+    }
+    prep = load_run(run_dir).preprocessing
+    assert prep.class_names == ["left", "right"] and prep.mean is not None
+    assert prep.image == {"size": 8, "grayscale": False}
