@@ -190,9 +190,13 @@ def spec_to_dict(spec: DataSpec) -> dict[str, Any]:
     }
 
 
-def stored_preprocessing(saved: dict[str, Any], checkpoint: Path) -> Preprocessing | None:
+def stored_preprocessing(
+    saved: dict[str, Any] | None, checkpoint: Path | None
+) -> Preprocessing | None:
     """The preprocessing a checkpoint (or, for a .safetensors, its run directory) holds; None when
-    it has none (bptrain 0.1): the caller then fits it on the training data, as 0.1 did."""
+    there is no checkpoint or it has none (bptrain 0.1): the caller then fits it on the training data."""
+    if saved is None or checkpoint is None:
+        return None
     if isinstance(saved.get("preprocessing"), dict):
         return Preprocessing.from_state_dict(saved["preprocessing"])
     beside = Path(checkpoint).parent.parent / "preprocessing.json"

@@ -265,20 +265,12 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         init_weights=saved is None,  # resuming restores the weights anyway
         rank=dist.rank,
         world_size=dist.world_size,
-        # a resumed run keeps the statistics and label mapping it started with (0.1 files: re-fitted)
-        preprocessing=stored_preprocessing(saved, checkpoint_path) if saved else None,
+        preprocessing=stored_preprocessing(saved, checkpoint_path),  # resumed: as it began
     )
     if parts.init_report is not None:
         console.print(describe_init(parts.init_report))
     model, data = parts.model, parts.data
-    layers = None  # the model layer by layer, compact (bptrain summary CONFIG shows it all);
-    if (
-        dist.is_main
-    ):  # before any wrapping: a forward of an FSDP-sharded model on one rank would hang
-        tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
-        layers = render(
-            summarize(model, example_batch(data.spec, dist.device, tokens)), compact=True
-        )
+    layers = _layer_table(model, data, dist.device) if dist.is_main else None  # before wrapping
     # DDP when distributed; FSDP shards the model in place, so the optimizer comes after
     forward = distributed.wrap(
         model, dist, cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.fsdp_blocks
@@ -341,9 +333,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         if dist.is_main and run_dir_of(checkpoint_path) is not None:
             rewind_run_dir(run_dir, loop.metrics_bytes)  # drop what was logged after the checkpoint
     if dist.is_main:
-        _writable(lambda: (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8"))
-        if data.preprocessing is not None:
-            _writable(lambda: data.preprocessing.write_json(run_dir / "preprocessing.json"))  # type: ignore[union-attr]
+        _writable(lambda: _write_run_files(run_dir, cfg, data))
     log = (
         _writable(
             lambda: RunLog(run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow)
@@ -375,6 +365,22 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         stop=StopFlag(), resumed_from=checkpoint_path, sharded=sharded,
         writer=BackgroundWriter() if ckpt.async_write and dist.is_main else None,
     )  # fmt: skip
+
+
+def _layer_table(model: nn.Module, data: DataBundle, device: torch.device) -> Any:
+    """The fit header's compact layer table (``bptrain summary CONFIG`` shows it all).
+
+    Computed before DDP/FSDP wrapping: a forward of a sharded model on rank 0 alone would hang.
+    """
+    tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
+    return render(summarize(model, example_batch(data.spec, device, tokens)), compact=True)
+
+
+def _write_run_files(run_dir: Path, cfg: Config, data: DataBundle) -> None:
+    """config.yaml (rerun it as it is) and preprocessing.json (what predict and export apply)."""
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    if data.preprocessing is not None:
+        data.preprocessing.write_json(run_dir / "preprocessing.json")
 
 
 def _total_steps(cfg: Config, train: Batches) -> int:
