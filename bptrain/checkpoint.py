@@ -173,17 +173,22 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: {_DAMAGED['empty']}{_ADVICE}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if reason is None:  # not a forbidden object: bytes that are no pickle at all
+            raise UserError(f"cannot read checkpoint {path}: {_damage(path)}") from None
         raise UserError(
             f"refusing to load {path}: it contains Python objects that are not plain weights "
-            f"({_unpickler_reason(err)}). bptrain reads checkpoints with torch.load(weights_only=True), "
+            f"({reason}). bptrain reads checkpoints with torch.load(weights_only=True), "
             "so a file cannot run code, and never falls back to full unpickling. If the file comes from a "
             "source you trust, re-save its tensors as a plain state_dict or a .safetensors file."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {err}") from None
+    except Exception:  # torch raises anything from KeyError to OSError on garbage
+        raise UserError(f"cannot read checkpoint {path}: {_damage(path)}") from None
     if not isinstance(state, dict):
         raise UserError(
             f"{path} is not a bptrain checkpoint (expected a dict, found {type(state).__name__})."
@@ -191,16 +196,43 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return state
 
 
-def _unpickler_reason(err: Exception) -> str:
-    """The informative part of torch's weights_only error, e.g. 'it names the Python global posix.system'."""
+_DAMAGED = {
+    "empty": "the file is empty (0 bytes), so its write or copy never finished",
+    "zip": "the file is truncated or damaged (torch.save writes a zip archive, and this one is incomplete)",
+    "other": "the file is not a PyTorch checkpoint (torch.save writes a zip archive; this is neither that "
+    "nor a pickle of tensors)",
+}
+_ADVICE = (
+    ". Use another checkpoint of the run (checkpoints/last.pt, best.pt or a top-k file), "
+    "or copy the file again from its source."
+)
+
+
+def _damage(path: Path) -> str:
+    """Why a file that torch could not read is unreadable, from its first bytes."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    kind = "zip" if head.startswith(b"PK") else "other"
+    return _DAMAGED[kind] + _ADVICE
+
+
+def _unpickler_reason(err: Exception) -> str | None:
+    """The informative part of torch's weights_only error, e.g. 'it names the Python global posix.system'.
+
+    None when the unpickler did not meet a forbidden object but bytes it cannot parse (an
+    unsupported opcode, a truncated stream): the file is damaged, not hostile.
+    """
     text = str(err)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return f"it names the Python global {found.group(1).rstrip('.')}"
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
-    return "content that is not tensors or plain containers"
+    if "WeightsUnpickler error:" not in text:
+        return None
+    reason = text.split("WeightsUnpickler error:", 1)[1].split("\n\n", 2)
+    reason = " ".join(part.strip() for part in reason[:2] if part.strip())
+    if not reason or re.match(r"(Unsupported operand|.*truncated|Ran out of input)", reason, re.I):
+        return None
+    return reason[:200]
 
 
 def model_state(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:

@@ -242,7 +242,7 @@ def submit(
 
     def run() -> None:
         from bptrain.config import load_config
-        from bptrain.slurm import JobSpec, render
+        from bptrain.slurm import JobSpec, default_job_name, render
         from bptrain.slurm import submit as sbatch
 
         cfg = load_config(config, overrides or [])
@@ -250,7 +250,7 @@ def submit(
         spec = JobSpec(
             config=config.resolve(),
             overrides=overrides or [],
-            job_name=job_name or cfg.logging.name or "bptrain",
+            job_name=job_name or default_job_name(cfg.logging.name),
             nodes=nodes,
             gpus_per_node=gpus_per_node,
             ntasks_per_node=ntasks_per_node,
@@ -267,7 +267,8 @@ def submit(
             sweep=sweep_args,
             array=array,
         )
-        script = render(spec)
+        script = render(spec)  # refuses values a batch script cannot carry safely
+        load_config(config, [*(overrides or []), f"logging.name={spec.job_name}-job0"])
         if dry_run:
             sys.stdout.write(script)
             return

@@ -61,6 +61,11 @@ class JobSpec:
         return self.ntasks_per_node or max(self.gpus_per_node, 1)
 
 
+def default_job_name(run_name: str | None) -> str:
+    """The job name for a run name (e.g. a config file's stem): one safe word, e.g. 'q_touch_X_'."""
+    return re.sub(r"[^\w.+-]", "_", run_name or "bptrain") or "bptrain"
+
+
 def render(spec: JobSpec) -> str:
     """The batch script, every choice commented, for `sbatch` (or `submit --dry-run`) to show."""
     _check(spec)
@@ -98,11 +103,11 @@ def render(spec: JobSpec) -> str:
     lines += [f"#SBATCH {arg}" for arg in spec.sbatch_args]
     if spec.sweep is not None:
         command = _sweep_command(spec)
-    else:
+    else:  # every value is single-quoted for the batch shell; only the job id expands
         command = [
-            " ".join(_quote(a) for a in (spec.python, "-m", "bptrain", "fit", str(spec.config))),
-            *(_quote(override) for override in spec.overrides),
-            _quote(f"logging.name={spec.job_name}-job$SLURM_JOB_ID") + " --resume auto",
+            shlex.join((spec.python, "-m", "bptrain", "fit", str(spec.config))),
+            *(shlex.quote(override) for override in spec.overrides),
+            shlex.quote(f"logging.name={spec.job_name}-job") + '"$SLURM_JOB_ID" --resume auto',
         ]
     requeue_codes = (
         f"{EXIT_SIGUSR1}|{EXIT_SIGTERM}" if spec.requeue_on_sigterm else f"{EXIT_SIGUSR1}"
@@ -125,7 +130,7 @@ def _sweep_command(spec: JobSpec) -> list[str]:
     words = [spec.python, "-m", "bptrain", "sweep", str(spec.config), *(spec.sweep or [])]
     for override in spec.overrides:
         words += ["--set", override]
-    return [" ".join(_quote(w) for w in words) + " --worker"]
+    return [shlex.join(words) + " --worker"]
 
 
 def submit(script: str) -> str:
@@ -144,7 +149,44 @@ def submit(script: str) -> str:
     return result.stdout.strip().split(";")[0]
 
 
+# sbatch reads an #SBATCH line word by word with its own quoting rules, not the shell's: a value
+# there must be one plain word. (In the command line, values are shlex-quoted instead.)
+_DIRECTIVE_UNSAFE = re.compile(r"[\s'\"\\#`$;]")
+
+
+def _refuse_unsafe_values(spec: JobSpec) -> None:
+    """No control character anywhere (a newline would start a shell line), one word per #SBATCH value."""
+    named = {
+        "the config path": str(spec.config),
+        "--python": spec.python,
+        "--sbatch-arg": "".join(spec.sbatch_args),
+        "--sweep": "".join(spec.sweep or []),
+        **{f"the override {o!r}": o for o in spec.overrides},
+    }
+    directives = {
+        "--job-name (or logging.name)": spec.job_name,
+        "--partition": spec.partition,
+        "--account": spec.account,
+        "--output": spec.output,
+        "the working directory (--chdir)": None if spec.workdir is None else str(spec.workdir),
+    }
+    for what, value in {**named, **directives}.items():
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise UserError(
+                f"{what} contains a control character (newline, tab, escape...): {value!r}. "
+                "A batch script cannot carry it safely; remove it."
+            )
+    for what, value in directives.items():
+        if value is not None and (value == "" or _DIRECTIVE_UNSAFE.search(value)):
+            raise UserError(
+                f"{what} {value!r} must be one plain word for its #SBATCH line: no spaces, quotes, "
+                "backslashes or any of # ` $ ;. Choose another value"
+                + (" (or submit from another directory)." if "chdir" in what else ".")
+            )
+
+
 def _check(spec: JobSpec) -> None:
+    _refuse_unsafe_values(spec)
     if spec.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", spec.time):
         raise UserError(
             f"--time {spec.time}: use a SLURM time, e.g. 30 (minutes), 4:00:00 or 1-12:00:00."
@@ -178,13 +220,6 @@ def _srun_options(spec: JobSpec) -> str:
     if spec.cpus_per_task:  # since SLURM 22.05 srun no longer inherits it from sbatch
         options.append(f"--cpus-per-task={spec.cpus_per_task}")
     return " ".join(options)
-
-
-def _quote(arg: str) -> str:
-    """Shell-quote, but let $SLURM_JOB_ID expand in the batch shell."""
-    if "$SLURM_JOB_ID" in arg:
-        return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return shlex.quote(arg)
 
 
 _HEADER = """\

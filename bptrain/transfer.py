@@ -25,7 +25,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise UserError(f"cannot read {path}: {err}") from None
+            raise UserError(
+                f"cannot read {path}: it is truncated or not a .safetensors file ({err}). "
+                "Use another weights file, or copy it again from its source."
+            ) from None
     return model_state(load_checkpoint(path), path)
 
 
