@@ -206,3 +206,40 @@ def test_a_damaged_safetensors_file_says_so(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(UserError, match="truncated or not a .safetensors file"):
         load_weights(path)
+
+
+# --- one process owns a run directory -------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from bptrain.runlock import RunDirLock
+lock = RunDirLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_held_run_directory_is_refused_and_a_killed_holder_does_not_block(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import socket
+    import sys
+
+    from bptrain.runlock import RunDirLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=f"PID {holder.pid} on host {socket.gethostname()}"):
+            RunDirLock(tmp_path).acquire()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        with RunDirLock(tmp_path):  # the OS released the dead holder's lock
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
