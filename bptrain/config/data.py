@@ -37,28 +37,37 @@ class DataCommon(Section):
         return self
 
 
-class SpiralsData(DataCommon):
+SampleCount = Annotated[
+    int, Field(ge=10, description="Total samples generated (before the validation/test split).")
+]
+"""`n_samples` of a generated source: the same bounds and meaning for every source, the default per source."""
+NoiseStd = Annotated[float, Field(ge=0.0)]
+"""A standard deviation of Gaussian noise; each source says where it adds it."""
+
+
+class SyntheticData(DataCommon):
+    """Base of the sources that generate their samples (no files to read), drawn with the run's seed."""
+
+    n_samples: SampleCount = 1000
+
+
+class SpiralsData(SyntheticData):
     source: Literal["spirals"]
-    n_samples: int = Field(1500, ge=10)
-    """Total samples generated (before the validation/test split)."""
+    n_samples: SampleCount = 1500
     n_classes: int = Field(3, ge=2)
     """Number of interleaved spiral arms (= classes)."""
-    noise: float = Field(0.2, ge=0.0)
+    noise: NoiseStd = 0.2
     """Standard deviation of the Gaussian noise added to each point."""
 
 
-class MoonsData(DataCommon):
+class MoonsData(SyntheticData):
     source: Literal["moons"]
-    n_samples: int = Field(1000, ge=10)
-    """Total samples generated (before the validation/test split)."""
-    noise: float = Field(0.1, ge=0.0)
+    noise: NoiseStd = 0.1
     """Standard deviation of the Gaussian noise added to each point."""
 
 
-class BlobsData(DataCommon):
+class BlobsData(SyntheticData):
     source: Literal["blobs"]
-    n_samples: int = Field(1000, ge=10)
-    """Total samples generated (before the validation/test split)."""
     n_classes: int = Field(3, ge=2)
     """Number of Gaussian clusters (= classes)."""
     n_features: int = Field(2, ge=1)
@@ -67,19 +76,15 @@ class BlobsData(DataCommon):
     """Standard deviation of each cluster; centres are drawn uniformly in [-10, 10]."""
 
 
-class XorData(DataCommon):
+class XorData(SyntheticData):
     source: Literal["xor"]
-    n_samples: int = Field(1000, ge=10)
-    """Total samples generated (before the validation/test split)."""
-    noise: float = Field(0.1, ge=0.0)
+    noise: NoiseStd = 0.1
     """Standard deviation of the Gaussian noise added to the inputs."""
 
 
-class SineData(DataCommon):
+class SineData(SyntheticData):
     source: Literal["sine"]
-    n_samples: int = Field(1000, ge=10)
-    """Total samples generated (before the validation/test split)."""
-    noise: float = Field(0.05, ge=0.0)
+    noise: NoiseStd = 0.05
     """Standard deviation of the Gaussian noise added to the targets."""
     periods: float = Field(2.0, gt=0.0)
     """How many periods of sin(x) the inputs span."""
@@ -110,20 +115,18 @@ class CsvData(DataCommon):
     """Override the task inferred from the target column."""
 
 
-class AddingData(DataCommon):
+class AddingData(SyntheticData):
     source: Literal["adding"]
     """The adding problem (Hochreiter & Schmidhuber, 1997): x is (N, length, 2) of (value in [0, 1], marker); exactly two steps are marked, one in each half, and the target is the sum of their values. Predicting the mean (1.0) gives MSE ~0.167; a plain RNN stays there as length grows, an LSTM or GRU drives it near 0."""
-    n_samples: int = Field(4000, ge=10)
-    """Total samples generated (before the validation/test split)."""
+    n_samples: SampleCount = 4000
     length: int = Field(50, ge=2)
     """Sequence length T: the distance the error signal must travel back through time."""
 
 
-class CopyData(DataCommon):
+class CopyData(SyntheticData):
     source: Literal["copy"]
     """The copy (memory) task: x is (N, length + delay + length) token ids: `length` random symbols, `delay` blanks, a go-marker, blanks; the per-step target is blank (0) everywhere except the last `length` steps, which must repeat the symbols. Many-to-many classification; tokens: 0 blank, 1 go-marker, 2.. symbols."""
-    n_samples: int = Field(3000, ge=10)
-    """Total samples generated (before the validation/test split)."""
+    n_samples: SampleCount = 3000
     length: int = Field(5, ge=1)
     """How many symbols to remember and repeat."""
     delay: int = Field(10, ge=0)
@@ -132,38 +135,35 @@ class CopyData(DataCommon):
     """Size of the symbol alphabet (the vocabulary is symbols + 2)."""
 
 
-class MajorityData(DataCommon):
+class MajorityData(SyntheticData):
     source: Literal["majority"]
     """Sequence classification on token ids: x is (N, length) tokens from `vocab` symbols and the label is the most frequent token (planted so it is unique). Needs the whole sequence: a model reading only a prefix cannot solve it."""
-    n_samples: int = Field(3000, ge=10)
-    """Total samples generated (before the validation/test split)."""
+    n_samples: SampleCount = 3000
     length: int = Field(24, ge=3)
     """Tokens per sequence."""
     vocab: int = Field(6, ge=2)
     """Number of distinct tokens (= classes)."""
 
 
-class SineSeriesData(DataCommon):
+class SineSeriesData(SyntheticData):
     source: Literal["sine_series"]
     """Time-series forecasting: x is (N, length, 1) windows of sin(w t + phase) + noise with a random frequency and phase per sample; y is the next `horizon` values (N, horizon)."""
-    n_samples: int = Field(3000, ge=10)
-    """Total windows generated (before the validation/test split)."""
+    n_samples: SampleCount = 3000
     length: int = Field(40, ge=2)
     """Steps in each input window."""
     horizon: int = Field(1, ge=1)
     """Steps to forecast."""
-    noise: float = Field(0.05, ge=0.0)
+    noise: NoiseStd = 0.05
     """Standard deviation of the Gaussian noise on the observed values (targets are noise-free)."""
 
 
-class ShapesData(DataCommon):
+class ShapesData(SyntheticData):
     source: Literal["shapes"]
     """Small synthetic images of four shapes (0 square, 1 disc, 2 triangle, 3 cross) at random positions and sizes, with pixel noise: (N, 1, image_size, image_size)."""
-    n_samples: int = Field(2000, ge=10)
-    """Total images generated (before the validation/test split)."""
+    n_samples: SampleCount = 2000
     image_size: int = Field(16, ge=8, le=128)
     """Height and width in pixels."""
-    noise: float = Field(0.15, ge=0.0)
+    noise: NoiseStd = 0.15
     """Standard deviation of the Gaussian pixel noise (pixels are in [0, 1] before noise)."""
 
 
