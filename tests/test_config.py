@@ -157,3 +157,26 @@ def test_schema_documents_every_field():
         for field, spec in definition.get("properties", {}).items():
             if field not in ("name", "source"):
                 assert spec.get("description"), f"{name}.{field} has no description"
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "mlp"},
+        {"name": "cnn"},
+        {"name": "cnn1d"},
+        {"name": "rnn"},
+        {"name": "transformer", "num_heads": 2},
+        {"class_path": "mymodels.Net"},
+    ],
+)
+def test_every_model_kind_has_the_transfer_learning_keys(write_config, model):
+    """init_from, init_strict and freeze exist for every model, with one default, listed after the model's own keys."""
+    from bptrain.config import to_dict
+
+    cfg = load_config(write_config({"=model": model}), ["model.init_strict=false"])
+    section = to_dict(cfg)["model"]
+    assert next(iter(section)) == next(iter(model))  # the variant's tag first
+    assert list(section)[-3:] == ["init_from", "init_strict", "freeze"]
+    assert section["init_from"] is None and section["init_strict"] is False
+    assert section["freeze"] == []

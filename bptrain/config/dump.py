@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from bptrain.config.schema import Config
+from bptrain.config.schema import Config, ordered_keys
 
 
 class _Dumper(yaml.SafeDumper):
@@ -21,17 +21,15 @@ def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
-def _tag_first(value: Any) -> Any:
+def _in_reading_order(value: Any) -> Any:
     if isinstance(value, dict):
-        ordered = {k: value[k] for k in ("name", "source", "class_path") if k in value}
-        ordered.update({k: _tag_first(v) for k, v in value.items() if k not in ordered})
-        return ordered
+        return {k: _in_reading_order(value[k]) for k in ordered_keys(value)}
     return value
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain JSON-compatible data, variant names first."""
-    return _tag_first(config.model_dump(mode="json"))
+    """The resolved config as plain JSON-compatible data, variant names first (see ``ordered_keys``)."""
+    return _in_reading_order(config.model_dump(mode="json"))
 
 
 def to_yaml(config: Config) -> str:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from bptrain.config.base import KeyPath
 from bptrain.config.model import CustomModel
-from bptrain.config.schema import Config, models_in
+from bptrain.config.schema import Config, models_in, ordered_keys
 
 
 def format_validation_error(
@@ -104,8 +104,7 @@ def _valid_keys(path: KeyPath, data: Any) -> list[str]:
     model = _model_at(path, data)
     if model is None:
         return []
-    tags = [k for k in ("name", "source", "class_path") if k in model.model_fields]
-    return tags + [k for k in model.model_fields if k not in tags]
+    return ordered_keys(model.model_fields)
 
 
 def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:

@@ -16,7 +16,21 @@ Init = Literal[
 Norm = Literal["none", "batchnorm", "layernorm"]
 
 
-class MLPModel(Section):
+class TransferLearning(Section):
+    """Keys of every model section, built-in or class_path: start from saved weights, freeze parameters.
+
+    Declared once so no model kind can lack one (cnn, rnn and transformer once lacked init_strict).
+    """
+
+    init_from: Path | None = None
+    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
+    init_strict: bool = True
+    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
+    freeze: list[str] = Field(default_factory=list)
+    """Parameter-name patterns (fnmatch, e.g. `net.0.*` or `blocks.0.*`) to freeze. A pattern that matches no parameter is an error that lists the names."""
+
+
+class MLPModel(TransferLearning):
     name: Literal["mlp"] = "mlp"
     """A multi-layer perceptron: Linear -> [norm] -> activation -> [dropout] per hidden layer, then a linear head."""
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
@@ -35,28 +49,16 @@ class MLPModel(Section):
     """Add skip connections around hidden layers whose input and output widths match."""
     leaky_relu_slope: float = Field(0.01, gt=0.0, lt=1.0)
     """Negative slope of leaky_relu."""
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
-    init_strict: bool = True
-    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `net.0.*`) to freeze."""
 
 
-class CustomModel(Section):
+class CustomModel(TransferLearning):
     class_path: str = Field(pattern=r"^[A-Za-z_][\w.]*[.:][A-Za-z_]\w*$")
     """Your own nn.Module as `package.module.ClassName`, importable from the current directory or PYTHONPATH. It is built exactly as given: bptrain never re-initialises its weights. A config is code: only run configs you trust."""
     init_args: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the class's constructor."""
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
-    init_strict: bool = True
-    """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `encoder.*`) to freeze."""
 
 
-class CNNModel(Section):
+class CNNModel(TransferLearning):
     name: Literal["cnn", "cnn1d"]
     """Convolutional network. `cnn`: 2-D, for images (N, C, H, W) (2-D (N, H, W) inputs get one channel). `cnn1d`: 1-D, for signals and time series (N, T, F) (or (N, C, L) with channels_first). Per stage: [downsample] then conv blocks (conv -> [norm] -> activation), or residual blocks (a small ResNet); then global pooling, dropout and a linear head."""
     channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128])
@@ -85,10 +87,6 @@ class CNNModel(Section):
     """Negative slope of leaky_relu."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout before the linear head."""
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
 
     @model_validator(mode="after")
     def _channels_first_is_1d(self) -> CNNModel:
@@ -97,7 +95,7 @@ class CNNModel(Section):
         return self
 
 
-class RNNModel(Section):
+class RNNModel(TransferLearning):
     name: Literal["rnn"]
     """Recurrent network for sequences (N, T, F), or token ids (N, T) with vocab_size. Many-to-one (the last step, or a pooled summary, feeds a linear head; the output size follows the targets' shape) or many-to-many (a head at every step)."""
     cell: Literal["rnn", "lstm", "gru"] = "lstm"
@@ -124,13 +122,9 @@ class RNNModel(Section):
     """Inputs are integer token ids below vocab_size (N, T), embedded before the recurrence. null: real-valued features."""
     embedding_dim: int = Field(32, ge=1)
     """Embedding width when vocab_size is set."""
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `rnn.*`) to freeze."""
 
 
-class TransformerModel(Section):
+class TransformerModel(TransferLearning):
     name: Literal["transformer"]
     """A small Transformer encoder for sequences: token embedding (vocab_size) or a linear projection of (N, T, F) features, positional encoding, pre-norm blocks (self-attention and an MLP, each inside a residual), a final LayerNorm, then a pooled head (many-to-one) or a head per step (many-to-many)."""
     d_model: int = Field(64, ge=1)
@@ -159,10 +153,6 @@ class TransformerModel(Section):
     """Inputs are integer token ids below vocab_size (N, T). null: real-valued features (N, T, F), projected linearly."""
     init: Init = "default"
     """Weight initialisation of the linear layers (see mlp); `default` keeps PyTorch's."""
-    init_from: Path | None = None
-    """Start from the weights in this checkpoint (.pt) or .safetensors file."""
-    freeze: list[str] = Field(default_factory=list)
-    """Parameter-name patterns (fnmatch, e.g. `blocks.0.*`) to freeze."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TransformerModel:

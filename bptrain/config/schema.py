@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
 from bptrain.config.base import Section
 from bptrain.config.data import DataConfig
-from bptrain.config.model import MLPModel, ModelConfig
+from bptrain.config.model import MLPModel, ModelConfig, TransferLearning
 from bptrain.config.optim import (
     AdamOptimizer,
     LossConfig,
@@ -57,3 +58,21 @@ def models_in(annotation: Any) -> list[type[BaseModel]]:
     if hasattr(annotation, "__origin__") and getattr(annotation, "__metadata__", None):
         found.extend(models_in(annotation.__origin__))
     return list(dict.fromkeys(found))
+
+
+VARIANT_TAGS = ("name", "source", "class_path")
+"""The keys that pick a section's variant; shown first wherever keys are listed."""
+SHARED_LAST = tuple(TransferLearning.model_fields)
+"""Keys every model has (init_from, init_strict, freeze); shown after the model's own keys."""
+
+
+def ordered_keys(keys: Iterable[str]) -> list[str]:
+    """A section's keys in reading order: the variant's tag, its own keys, then the keys all models share.
+
+    Pydantic lists inherited fields first; config.yaml, `config show` and error messages list
+    the transfer-learning keys last, as bptrain 0.1 did.
+    """
+    keys = list(keys)
+    first = [k for k in VARIANT_TAGS if k in keys]
+    last = [k for k in SHARED_LAST if k in keys]
+    return first + [k for k in keys if k not in first and k not in last] + last
