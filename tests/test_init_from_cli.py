@@ -7,6 +7,7 @@ to move the weights: the second run's weights must be the first run's.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,22 @@ def test_init_strict_on_an_rnn_refuses_or_reports_missing_keys(write_config, cli
     loose = cli("fit", deeper, f"model.init_from={weights}", "model.init_strict=false")
     assert loose.exit_code == 0, loose.output
     assert "not strict: 4 missing keys kept their initialisation" in " ".join(loose.output.split())
+
+
+def test_a_checkpoint_from_before_init_strict_existed_on_a_cnn_still_resumes(
+    write_config, cli, tmp_path
+):
+    """bptrain 0.1 saved cnn/rnn/transformer configs without model.init_strict; that key's default must not
+    make the model section 'differ' when such a run is resumed."""
+    data, model = CASES["cnn"]
+    config = write_config({"data": data, "=model": model, "trainer": {"max_epochs": 1}})
+    assert cli("fit", config).exit_code == 0
+    last = _run(tmp_path, "tiny") / "checkpoints" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    del saved["config"]["model"]["init_strict"]
+    torch.save(saved, last)
+
+    resumed = cli("fit", config, "--resume", str(last), "trainer.max_epochs=2")
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((_run(tmp_path, "tiny") / "summary.json").read_text())
+    assert summary["epochs"] == 2
