@@ -23,3 +23,26 @@ class ConfigError(UserError):
 
 class TrainingError(Exception):
     """The run started but could not finish (non-finite loss, I/O failure...)."""
+
+
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"
+
+
+def message_of(err: BaseException) -> str:
+    """The one line to print for `err`.
+
+    A DataLoader worker's error reaches the main process with the worker's whole traceback
+    pasted into its message ("Caught UserError in DataLoader worker process 0. Original
+    Traceback..."): keep the worker's own message, and say which worker.
+    """
+    text = str(err)
+    head, found, traceback = text.partition(_WORKER_TRACEBACK)
+    if not found:
+        return text
+    lines = [line for line in traceback.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    exc_type, _, message = last.partition(": ")
+    if not (message and all(part.isidentifier() for part in exc_type.split("."))):
+        message = last  # not "module.ExceptionType: message"
+    where = head.removeprefix("Caught ").split(" in ", 1)[-1].rstrip(".")
+    return f"{message} ({where})"

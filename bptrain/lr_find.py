@@ -12,19 +12,19 @@ grad clipping, precision), and the model's weights are restored afterwards.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from bptrain.components import build_components
 from bptrain.config import Config
 from bptrain.errors import UserError
 from bptrain.optim import build_optimizer
-from bptrain.runlog import create_run_dir
+from bptrain.runlog import create_run_dir, dumps
 from bptrain.runtime import Precision, resolve_device, seed_everything
 from bptrain.train import train_step
 
@@ -38,6 +38,7 @@ class RangeTest:
     suggested_lr: float | None = None
     steepest_lr: float | None = None
     min_loss_lr: float | None = None
+    lr_is_cause: bool = True  # False when the loss was NaN/Inf because of the data or the model
 
 
 def lr_schedule(start_lr: float, end_lr: float, steps: int) -> list[float]:
@@ -103,7 +104,7 @@ def _record(
         result.losses.append(value)
         if not math.isfinite(value):
             result.smoothed.append(math.inf)
-            result.stopped = f"loss became {value} at lr {lr:.3g}"
+            result.stopped, result.lr_is_cause = _non_finite_cause(value, lr, step, batch)
             break
         average = smoothing * average + (1 - smoothing) * value
         smooth = average / (1 - smoothing ** (step + 1))  # bias correction for the first steps
@@ -114,6 +115,25 @@ def _record(
             break
     _suggest(result)
     return result
+
+
+def _non_finite_cause(value: float, lr: float, step: int, batch: Any) -> tuple[str, bool]:
+    """Why the loss is not finite: NaN/Inf in the batch or at the first step is not the lr's doing."""
+    tensors = batch if isinstance(batch, (tuple, list)) else [batch]
+    if any(
+        isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+        for t in tensors
+    ):
+        return (
+            f"loss became {value} at step {step + 1} because that batch holds NaN/Inf values: the "
+            "data, not the learning rate, is the cause (clean it; clean it)"
+        ), False
+    if step == 0:
+        return (
+            f"loss is {value} at the first step (lr {lr:.3g}), before the learning rate could act: "
+            "the model or the data produce it (run bptrain grad-inspect to find where)"
+        ), False
+    return f"loss became {value} at lr {lr:.3g}", True
 
 
 def _forever(batches):
@@ -176,7 +196,7 @@ def write_curve(result: RangeTest, out_dir: Path) -> None:
     payload = {k: v for k, v in asdict(result).items()}
     payload["losses"] = [v if math.isfinite(v) else None for v in result.losses]
     payload["smoothed"] = [v if math.isfinite(v) else None for v in result.smoothed]
-    (out_dir / "lr_find.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "lr_find.json").write_text(dumps(payload, indent=2) + "\n", encoding="utf-8")
     with (out_dir / "lr_find.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["step", "lr", "loss", "smoothed_loss"])
@@ -187,15 +207,9 @@ def write_curve(result: RangeTest, out_dir: Path) -> None:
 
 
 def write_png(result: RangeTest, path: Path) -> None:
-    try:
-        import matplotlib
+    from bptrain.diagnostics.plot import require_matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError(
-            "--plot needs matplotlib: pip install 'bptrain[plot]' (the curve is in lr_find.csv/json anyway)."
-        ) from None
+    plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.losses, alpha=0.3, label="loss")
     ax.plot(result.lrs, result.smoothed, label="smoothed loss")
@@ -231,12 +245,18 @@ def run_lr_find(
     plot: Path | None,
 ) -> dict[str, Any]:
     """The command: run the test, print the curve and the suggestion, write the files."""
+    if plot is not None:
+        from bptrain.diagnostics.plot import require_matplotlib
+
+        require_matplotlib()  # before the test, not after it
     result = range_test(cfg, start_lr, end_lr, steps, smoothing, diverge)
     out_dir = out or create_run_dir(cfg.logging.run_dir, f"{cfg.logging.name or 'run'}-lr-find")
     write_curve(result, out_dir)
     console.print(ascii_plot(result.lrs, result.smoothed), markup=False, highlight=False)
     console.print(f"{len(result.lrs)} steps; stopped: {result.stopped}", markup=False)
-    if result.suggested_lr is None:
+    if result.suggested_lr is None and not result.lr_is_cause:
+        console.print("no suggestion: the non-finite loss does not come from the learning rate.")
+    elif result.suggested_lr is None:
         console.print("no suggestion: too few finite losses; lower --start-lr or raise --steps.")
     else:
         console.print(

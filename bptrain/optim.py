@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from bptrain import config as C
+from bptrain.errors import UserError
 
 Interval = Literal["step", "epoch", "validation", "never"]
 
@@ -37,8 +38,27 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
     return groups
 
 
+def refuse_unrepresentable(cfg: object, section: str) -> None:
+    """Hyperparameters must be finite float32 numbers: the update multiplies float32 weights by them.
+
+    `optimizer.lr=1e308` would otherwise fail mid-step with torch's "value cannot be converted
+    to type float without overflow".
+    """
+    limit = torch.finfo(torch.float32).max
+    for key, value in cfg.model_dump().items():  # type: ignore[attr-defined]
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(number, float) and not (math.isfinite(number) and abs(number) <= limit):
+                raise UserError(
+                    f"{section}.{key}={number} is beyond what float32 training can use "
+                    f"(at most {limit:.3g}); set a realistic value."
+                )
+
+
 def build_optimizer(cfg: C.OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:
+    refuse_unrepresentable(cfg, "optimizer")
     groups = param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm)
+    if not any(group["params"] for group in groups):
+        raise UserError("the model has no trainable parameters: nothing would train.")
     if isinstance(cfg, C.SGDOptimizer):  # also `momentum`
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening
@@ -91,6 +111,7 @@ def build_scheduler(
     cfg: C.SchedulerConfig, optimizer: torch.optim.Optimizer, total_steps: int
 ) -> tuple[lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau | None, Interval]:
     """Return the scheduler and when the loop must step it."""
+    refuse_unrepresentable(cfg, "scheduler")
     base_lr = optimizer.param_groups[0]["lr"]
     if isinstance(cfg, C.NoScheduler):
         return None, "never"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,14 +35,27 @@ def create_run_dir(parent: Path, name: str) -> Path:
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    """Strict JSON has no NaN or Infinity: NaN becomes null, an infinity the string "inf"/"-inf"."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        value = float(value)  # also NumPy's float32/float64
+        if not math.isfinite(value):
+            return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return value
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
     return value
+
+
+def dumps(data: Any, indent: int | None = None) -> str:
+    """JSON that strict parsers accept (no bare NaN/Infinity); every file and --json output uses it."""
+    return json.dumps(_json_safe(data), indent=indent, default=str, allow_nan=False)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -82,8 +96,7 @@ class RunLog:
     def log(
         self, kind: str, step: int, metrics: dict[str, Any], tb_only: dict[str, float] | None = None
     ) -> None:
-        record = {"type": kind, "step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.write(dumps({"type": kind, "step": step, **metrics}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             renamed = EPOCH_TAGS if kind == "epoch" else {}

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from bptrain.config import Config, load_config, to_yaml
 from bptrain.errors import UserError
+from bptrain.runlog import dumps
 from bptrain.search_space import Axis, grid, parse_axes, split_values
 
 
@@ -304,7 +305,7 @@ def write_tables(root: Path, rows: list[dict[str, Any]], outcomes: list[Outcome]
         for o in outcomes
     ]
     (root / "sweep.json").write_text(
-        json.dumps({"rows": rows, "runs": runs}, indent=2, default=str) + "\n", encoding="utf-8"
+        dumps({"rows": rows, "runs": runs}, indent=2) + "\n", encoding="utf-8"
     )
     header = ["variant", "ok", *keys, "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -243,3 +243,261 @@ def test_a_held_run_directory_is_refused_and_a_killed_holder_does_not_block(
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+# --- careless data: NaN/Inf, 0-d arrays, values beyond float32 -------------------------------
+
+
+def _npz(tmp_path: Path, **arrays: object) -> Path:
+    import numpy as np
+
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _bad_npz_cases() -> dict[str, tuple[dict, str]]:
+    import numpy as np
+
+    x = np.zeros((10, 3), np.float32)
+    x_nan = x.copy()
+    x_nan[4, 2] = np.nan
+    y_inf = np.zeros(10)
+    y_inf[7] = -np.inf
+    x_huge = np.zeros((10, 3))
+    x_huge[1, 0] = 1e300
+    y = np.arange(10) % 2
+    return {
+        "nan_input": ({"x": x_nan, "y": y}, r"x\[4, 2\] is nan"),
+        "inf_val_target": ({"x": x, "y": y, "x_val": x, "y_val": y_inf}, r"y_val\[7\] is -inf"),
+        "beyond_float32": ({"x": x_huge, "y": y}, r"x\[1, 0\] is 1e\+300"),
+        "zero_d_input": ({"x": np.float32(3.0), "y": y}, "x is a single value"),
+        "zero_d_target": ({"x": x, "y": np.int64(1)}, "y is a single value"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_npz_cases()))
+def test_careless_npz_data_is_refused_naming_array_and_index(case: str, tmp_path: Path) -> None:
+    from bptrain.data.sources import read_npz
+
+    arrays, message = _bad_npz_cases()[case]
+    with pytest.raises(UserError, match=message):
+        read_npz(_npz(tmp_path, **arrays))
+
+
+def _config(tmp_path: Path, data: dict, **sections: dict) -> Path:
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    body = {
+        "data": data,
+        "trainer": {"max_epochs": 1},
+        "logging": {"run_dir": str(tmp_path / "runs"), "tensorboard": False, "progress": "off"},
+    }
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value}
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_fit_on_nan_data_exits_2_before_creating_a_run_directory(tmp_path: Path) -> None:
+    arrays, _ = _bad_npz_cases()["nan_input"]
+    config = _config(tmp_path, {"source": "npz", "path": str(_npz(tmp_path, **arrays))})
+    result = runner.invoke(app, ["fit", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "x[4, 2] is nan" in flat(result.output) and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+# --- models and hyperparameters that cannot train ---------------------------------------------
+
+
+def test_a_class_path_model_without_parameters_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "noparams.py").write_text(
+        "import torch\n"
+        "class Doubler(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * 2.0\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    config = _config(
+        tmp_path, {"source": "moons", "n_samples": 64}, model={"class_path": "noparams.Doubler"}
+    )
+    result = runner.invoke(app, ["fit", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "has no parameters" in flat(result.output) and "Traceback" not in result.output
+
+
+@pytest.mark.timeout(120)  # before the estimate, this allocated for minutes
+def test_a_model_too_big_for_memory_is_refused_before_allocating(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path, {"source": "moons", "n_samples": 64}, model={"hidden": [2_000_000_000]}
+    )
+    result = runner.invoke(app, ["fit", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "10,000,000,002 parameters" in flat(result.output)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_huge_class_label_is_refused_and_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    y = np.arange(16) % 2
+    y[5] = 10**9
+    path = _npz(tmp_path, x=np.zeros((16, 2), np.float32), y=y)
+    result = runner.invoke(
+        app, ["fit", str(_config(tmp_path, {"source": "npz", "path": str(path)}))]
+    )
+    assert result.exit_code == 2, result.output
+    assert "largest class label is 1000000000" in flat(result.output)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["optimizer.lr=1e308", "scheduler.max_lr=1e300"],
+    ids=["lr", "onecycle_max_lr"],
+)
+def test_a_learning_rate_beyond_float32_is_refused(override: str, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        {"source": "moons", "n_samples": 64},
+        optimizer={"name": "sgd", "lr": 0.1},
+        scheduler={"name": "onecycle"} if "max_lr" in override else {"name": "none"},
+    )
+    result = runner.invoke(app, ["fit", str(config), override])
+    assert result.exit_code == 2, result.output
+    assert "beyond what float32 training can use" in flat(result.output)
+    assert "Traceback" not in result.output
+
+
+# --- messages, not tracebacks -----------------------------------------------------------------
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise UserError(f"cannot read image img{index}.png: truncated file")
+
+
+def test_a_dataloader_worker_error_is_one_line_naming_the_worker(capsys) -> None:
+    import typer
+
+    from bptrain.cli import _guarded
+
+    loader = torch.utils.data.DataLoader(_Unreadable(), num_workers=1)
+    with pytest.raises(typer.Exit) as stop:
+        _guarded(lambda: next(iter(loader)))
+    assert stop.value.exit_code == 2
+    err = flat(capsys.readouterr().err)
+    assert "cannot read image img0.png: truncated file (DataLoader worker process 0)" in err
+    assert "Traceback" not in err and "File " not in err
+
+
+def test_eval_json_is_strict_even_when_the_loss_is_nan(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    config = _config(tmp_path, {"source": "moons", "n_samples": 64}, model={"hidden": [4]})
+    weights = {
+        "net.0.weight": torch.full((4, 2), float("nan")),
+        "net.0.bias": torch.zeros(4),
+        "net.2.weight": torch.zeros(2, 4),
+        "net.2.bias": torch.zeros(2),
+    }
+    save_file(weights, str(tmp_path / "nan.safetensors"))
+    args = ["eval", str(config), "--checkpoint", str(tmp_path / "nan.safetensors"), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"bare {token} in JSON")
+
+    # the first line is the JSON object (a note about preprocessing may follow on stderr)
+    metrics = json.loads(result.output.splitlines()[0], parse_constant=refuse)
+    assert metrics["val/loss"] is None  # NaN is null in strict JSON
+
+
+def test_nan_report_is_strict_json(tmp_path: Path) -> None:
+    import json
+
+    config = _config(
+        tmp_path,
+        {"source": "moons", "n_samples": 64, "batch_size": 8},
+        optimizer={"name": "adam", "lr": 1e30},
+    )
+    result = runner.invoke(app, ["fit", str(config)])
+    assert result.exit_code == 1, result.output
+    (report,) = (tmp_path / "runs").glob("*/*/nan_report.json")
+    data = json.loads(report.read_text(), parse_constant=lambda token: 1 / 0)
+    assert data["loss"] is None
+
+
+# --- diagnostics give the right advice, and fail fast -----------------------------------------
+
+
+def test_grad_inspect_does_not_blame_the_lr_for_vanishing_gradients(tmp_path: Path) -> None:
+    import json
+
+    config = _config(
+        tmp_path,
+        {"source": "moons", "n_samples": 128},
+        model={"hidden": [32] * 8, "activation": "sigmoid"},
+        optimizer={"name": "sgd", "lr": 0.001},
+    )
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["grad-inspect", str(config), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert {"vanishing", "lr_too_low"} <= {f["name"] for f in report["flags"]}
+    assert "raise optimizer.lr (e.g. by 10x)" not in report["verdict"]
+    assert "fix that first rather than raising optimizer.lr" in report["verdict"]
+
+
+@pytest.mark.parametrize("command", ["grad-inspect", "lr-find"])
+def test_plot_without_matplotlib_fails_before_the_work(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import bptrain.diagnostics.command
+    import bptrain.lr_find
+
+    def analysis_ran(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the analysis ran before the matplotlib check")
+
+    monkeypatch.setattr(bptrain.diagnostics.command, "inspect_config", analysis_ran)
+    monkeypatch.setattr(bptrain.lr_find, "range_test", analysis_ran)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    config = _config(tmp_path, {"source": "moons", "n_samples": 64})
+    result = runner.invoke(app, [command, str(config), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2, result.output
+    assert "--plot needs matplotlib" in flat(result.output)
+
+
+def test_lr_find_does_not_blame_the_lr_for_a_model_that_outputs_nan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "nanmodel.py").write_text(
+        "import torch\n"
+        "class NaNOut(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(2, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x) * float('nan')\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    config = _config(
+        tmp_path, {"source": "moons", "n_samples": 64}, model={"class_path": "nanmodel.NaNOut"}
+    )
+    result = runner.invoke(app, ["lr-find", str(config), "--steps", "20"])
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "before the learning rate could act" in text
+    assert "does not come from the learning rate" in text and "lower --start-lr" not in text

@@ -102,7 +102,30 @@ def _check_file(path: Path, key: str) -> None:
         raise UserError(f"{key}: not a file: {path}")
 
 
-def read_npz(path: Path) -> Splits:
+def first_non_finite(array: np.ndarray) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinity in `array` (row-major), or None when all are finite.
+
+    Values beyond float32's range count too: training converts the data to float32, where they
+    become infinite.
+    """
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return None  # integers and booleans are always finite
+    flat = array.reshape(-1)
+    finite = np.isfinite(flat)
+    if array.dtype.itemsize > 4:
+        finite &= np.abs(flat) <= np.finfo(np.float32).max
+    if finite.all():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), array.shape))
+
+
+_NON_FINITE_FIX = (
+    "A NaN or infinity in the data makes the loss NaN for every batch that holds it. Clean the "
+    "data: replace or drop the samples that hold them."
+)
+
+
+def read_npz(path: Path, allow_non_finite: bool = False) -> Splits:
     _check_file(path, "data.path")
     try:
         # allow_pickle=False: an .npz of object arrays could run code when unpickled.
@@ -130,6 +153,18 @@ def read_npz(path: Path) -> Splits:
         if xs not in arrays:
             return None
         x, y = arrays[xs], arrays[ys]
+        for name, array in ((xs, x), (ys, y)):
+            if array.ndim == 0:
+                raise UserError(
+                    f"data.path {path}: {name} is a single value (a 0-d array), not one entry per "
+                    f"sample; save it with a leading sample axis, e.g. np.atleast_1d({name})."
+                )
+            bad = None if allow_non_finite else first_non_finite(array)
+            if bad is not None:
+                raise UserError(
+                    f"data.path {path}: {name}[{', '.join(map(str, bad))}] is {array[bad]}. "
+                    + _NON_FINITE_FIX
+                )
         if len(x) != len(y):
             raise UserError(f"data.path {path}: {xs} has {len(x)} samples but {ys} has {len(y)}.")
         return x, y

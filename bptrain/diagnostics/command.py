@@ -22,7 +22,7 @@ from bptrain.checkpoint import load_checkpoint, model_state
 from bptrain.components import build_components
 from bptrain.config import load_config
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
-from bptrain.diagnostics.plot import plot
+from bptrain.diagnostics.plot import plot, require_matplotlib
 from bptrain.diagnostics.render import print_report, sweep_table
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
@@ -143,6 +143,8 @@ def run_grad_inspect(
         raise UserError("--batches must be at least 1")
     if fail_on not in (None, "warning", "error"):
         raise UserError(f"--fail-on must be warning or error, not {fail_on!r}")
+    if plot_path is not None:
+        require_matplotlib()  # before the analysis, not after it
     options = InspectOptions(check_gradients=check_gradients, noise=noise, curvature=curvature)
     overrides, points = sweep_points(overrides, sweep)
     if sweep:

@@ -309,7 +309,13 @@ def verdict(report: Report) -> str:
             "The learning rate looks too high: lower optimizer.lr (e.g. by 10x) and/or clip "
             "gradients (trainer.grad_clip.max_norm=1.0)."
         )
-    if "lr_too_low" in names:
+    if "lr_too_low" in names and names & {"vanishing", "dead", "saturated"}:
+        parts.append(
+            "The weights barely move because the gradient reaching them is tiny (above): fix "
+            "that first rather than raising optimizer.lr, which would make the layers near the "
+            "output move too fast."
+        )
+    elif "lr_too_low" in names:
         parts.append(
             "The learning rate looks too low for these weights: raise optimizer.lr (e.g. by 10x)."
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from bptrain.diagnostics.report import Report
 from bptrain.errors import UserError
@@ -17,8 +18,12 @@ def _positive(values: list[float | None]) -> list[float]:
     return [v if v is not None and math.isfinite(v) and v > 0 else math.nan for v in values]
 
 
-def plot(report: Report, path: Path | str) -> Path:
-    """Write ‖∇W‖ and ‖∂L/∂out‖ per layer (log scale, input to output) to ``path``."""
+def require_matplotlib() -> Any:
+    """pyplot with the file-only backend; a clear error when matplotlib is missing.
+
+    Commands call it before their work when --plot is given, so a missing matplotlib fails in a
+    second, not after the whole analysis.
+    """
     try:  # imported here: matplotlib is an optional extra and slow to import
         import matplotlib
 
@@ -28,6 +33,12 @@ def plot(report: Report, path: Path | str) -> Path:
         raise UserError(
             "--plot needs matplotlib: pip install matplotlib (or pip install 'bptrain[plot]')"
         ) from None
+    return plt
+
+
+def plot(report: Report, path: Path | str) -> Path:
+    """Write ‖∇W‖ and ‖∂L/∂out‖ per layer (log scale, input to output) to ``path``."""
+    plt = require_matplotlib()
     path = Path(path)
     names = [x.name for x in report.layers]
     steps = range(len(names))

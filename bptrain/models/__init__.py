@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,22 +56,76 @@ def build_model(
         _check_tokens(cfg.vocab_size, spec)  # type: ignore[union-attr]
     if isinstance(cfg, CustomModel):
         model = build_custom(cfg)
+        if not any(True for _ in model.parameters()):
+            raise UserError(
+                f"model.class_path '{cfg.class_path}' has no parameters, so there is nothing to train. "
+                "Assign layers as attributes in __init__ (self.fc = nn.Linear(...)), keep lists of "
+                "layers in nn.ModuleList, and wrap your own tensors in nn.Parameter."
+            )
         check_fits_data(model, torch.zeros(2, *spec.input_shape), out_shape, cfg.class_path)
-    elif isinstance(cfg, CNNModel):
-        model = build_cnn(
-            cfg, spec.input_shape, math.prod(out_shape), log_softmax, activation_checkpointing
-        )
-    elif isinstance(cfg, RNNModel):
-        model = build_rnn(cfg, spec.input_shape, out_shape, log_softmax)
-    elif isinstance(cfg, TransformerModel):
-        model = build_transformer(
-            cfg, spec.input_shape, out_shape, log_softmax, activation_checkpointing
-        )
-    else:
-        model = build_mlp(
+        return model
+
+    def build() -> nn.Module:
+        if isinstance(cfg, CNNModel):
+            return build_cnn(
+                cfg, spec.input_shape, math.prod(out_shape), log_softmax, activation_checkpointing
+            )
+        if isinstance(cfg, RNNModel):
+            return build_rnn(cfg, spec.input_shape, out_shape, log_softmax)
+        if isinstance(cfg, TransformerModel):
+            return build_transformer(
+                cfg, spec.input_shape, out_shape, log_softmax, activation_checkpointing
+            )
+        return build_mlp(
             cfg, spec.in_features, math.prod(out_shape), log_softmax, activation_checkpointing
         )
-    return model
+
+    _refuse_if_too_big(build, spec)
+    return build()
+
+
+# The least any training holds: float32 weights and their gradients, 8 bytes a parameter (Adam's
+# two moments add 8 more; on a GPU they live there, so the host check counts only these).
+BYTES_PER_PARAMETER = 8
+
+
+def _refuse_if_too_big(build: Callable[[], nn.Module], spec: DataSpec) -> None:
+    """Count the parameters on the meta device (no memory) and refuse a model this machine cannot hold.
+
+    `model.hidden=[2000000000]` or a class label of 10^9 (an output layer that wide) would
+    otherwise allocate for minutes, swap, and die without a word.
+    """
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in build().parameters())
+    need, have = parameters * BYTES_PER_PARAMETER, available_memory()
+    if have is None or need <= have:
+        return
+    labels = (
+        f" The data's largest class label is {spec.num_classes - 1}, so the output layer has "
+        f"{spec.num_classes} units: are the labels 0..C-1?"
+        if spec.num_classes is not None and spec.num_classes > 100_000
+        else ""
+    )
+    raise UserError(
+        f"the model has {parameters:,} parameters: training needs at least {need / 2**30:.1f} GiB "
+        f"(weights and gradients) but this machine has {have / 2**30:.1f} GiB "
+        f"available. Make the model smaller (model.hidden, model.channels...).{labels}"
+    )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _check_tokens(vocab_size: int, spec: DataSpec) -> None:
