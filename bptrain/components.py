@@ -6,6 +6,7 @@ data: one function, so they cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +16,10 @@ from torch import nn
 from bptrain.config import Config
 from bptrain.data import DataBundle, build_data
 from bptrain.losses import Objective, build_objective
+from bptrain.metrics import EvalMetrics, build_metrics
 from bptrain.models import build_model, takes_token_ids
 from bptrain.preprocess import Preprocessing
+from bptrain.steps import UserStep, has_training_step
 from bptrain.transfer import freeze, init_from
 
 
@@ -25,6 +28,8 @@ class Components:
     data: DataBundle
     objective: Objective
     model: nn.Module
+    metrics: EvalMetrics  # the `metrics:` section (or the task's defaults)
+    step: Objective | UserStep  # what one micro-batch computes: the built-in loss or training_step
     init_report: dict[str, Any] | None = None  # what model.init_from loaded, when it ran
 
 
@@ -58,4 +63,10 @@ def build_components(
         report = init_from(model, cfg.model.init_from, cfg.model.init_strict)
     freeze(model, cfg.model.freeze)
     objective.loss_fn.to(device)
-    return Components(data, objective, model.to(device), report)
+    user_step = has_training_step(model)
+    # no defaults for a model's own training_step: what it returns decides what can be measured
+    entries = cfg.metrics if cfg.metrics is not None or not user_step else []
+    spec = data.spec
+    metrics = build_metrics(entries, spec.task, spec.num_classes, math.prod(spec.target_shape))
+    step = UserStep() if user_step else objective
+    return Components(data, objective, model.to(device), metrics.to(device), step, report)

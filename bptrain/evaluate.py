@@ -1,4 +1,4 @@
-"""Evaluation: loss and accuracy over a whole split, averaged over samples (not batches)."""
+"""Evaluation: the loss and the ``metrics:`` over a whole split, averaged over samples (not batches)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from torch import nn
 from bptrain import distributed
 from bptrain.data import Batches
 from bptrain.losses import Objective
+from bptrain.metrics import EvalMetrics, build_metrics, metric_inputs
 from bptrain.runtime import Precision, sum_dtype
+from bptrain.steps import StepModule, batch_size, has_training_step, split_output, to_device
 
 
 @torch.inference_mode()
@@ -20,43 +22,83 @@ def evaluate(
     objective: Objective,
     precision: Precision,
     prefix: str,
+    metrics: EvalMetrics | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Return {f"{prefix}/loss", f"{prefix}/acc" (classification)}; one host sync at the end.
+    """Return ``{f"{prefix}/loss", f"{prefix}/<metric>"...}``; one host sync at the end.
 
-    Under DDP every rank must call it: each evaluates its disjoint shard, and the sums of
-    loss x samples, correct, samples and targets are all-reduced, so the metrics are exactly those
-    of one process evaluating the whole split (up to float rounding of the loss).
+    ``metrics`` defaults to the task's (accuracy for classification, MAE for regression).
+    A model with ``training_step`` is evaluated by its ``validation_step`` (or ``training_step``):
+    the loss and every other value it returns are averaged over samples, and its
+    ``preds``/``target`` (when returned) feed the metrics.
+
+    Under DDP every rank must call it: each evaluates its disjoint shard, the loss sums are
+    all-reduced and torchmetrics syncs its states, so the metrics are exactly those of one
+    process evaluating the whole split (up to float rounding of the loss).
     `on_batch(done, total)` (console progress) runs on the host after each batch; it reads no tensor.
     """
     distributed.sync_buffers(model)
+    if metrics is None:
+        metrics = build_metrics(None, objective.task, objective.num_classes)
+    metrics.to(precision.device).reset()
     was_training = model.training
     model.eval()
+    try:
+        sums, samples = _accumulate(model, batches, objective, precision, metrics, on_batch)
+    finally:
+        model.train(was_training)
+    names = list(sums)
     device = precision.device
-    loss_sum = torch.zeros((), device=device, dtype=sum_dtype(device))
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    samples = targets = 0  # targets > samples with per-step labels: accuracy is per label
-    total = len(batches)
-    for index, (x, y) in enumerate(batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    dtype = sum_dtype(device)
+    local = torch.stack(
+        [*(sums[k].to(dtype) for k in names), torch.tensor(samples, dtype=dtype, device=device)]
+    )
+    totals = distributed.all_reduce_sum(local).tolist()
+    count = max(totals[-1], 1)
+    result = {f"{prefix}/{name}": total / count for name, total in zip(names, totals, strict=False)}
+    result.update(metrics.compute(prefix))
+    return result
+
+
+def _accumulate(
+    model: nn.Module,
+    batches: Batches,
+    objective: Objective,
+    precision: Precision,
+    metrics: EvalMetrics,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Sums of (value x batch size) per logged name, and the number of samples; metrics updated."""
+    device = precision.device
+    user_step = StepModule(model) if has_training_step(model) else None
+    sums: dict[str, torch.Tensor] = {}
+    samples, total = 0, len(batches)
+    for index, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        n = batch_size(batch)
         with precision.autocast():
-            output = model(x)
-        output = output.float()
-        loss_sum += objective.loss(output, y).to(loss_sum.dtype) * len(x)
-        hits = objective.correct(output, y)
-        if hits is not None:
-            correct += hits
-        samples += len(x)
-        targets += y.numel() if objective.task == "classification" else len(x)
+            if user_step is not None:
+                output = user_step(batch, "val")
+            else:
+                x, y = batch
+                output = model(x)
+        if user_step is not None:
+            loss, logged = split_output(output, "validation_step")
+            values = {"loss": loss, **logged}
+            if isinstance(output, dict) and "preds" in output and "target" in output:
+                metrics.update(output["preds"].float(), output["target"])
+        else:
+            output = output.float()
+            values = {"loss": objective.loss(output, y)}
+            metrics.update(
+                *metric_inputs(output, y, objective.task, objective.binary, objective.log_probs)
+            )
+        for name, value in values.items():
+            term = value.detach().to(sum_dtype(device)) * n
+            sums[name] = term if name not in sums else sums[name] + term
+        samples += n
         if on_batch is not None:
             on_batch(index + 1, total)
-    model.train(was_training)
-    counts = torch.tensor([samples, targets], device=device, dtype=loss_sum.dtype)
-    totals = distributed.all_reduce_sum(
-        torch.cat([torch.stack([loss_sum, correct.to(loss_sum.dtype)]), counts])
-    )
-    loss_total, correct_total, samples, targets = totals.tolist()
-    metrics = {f"{prefix}/loss": loss_total / max(samples, 1)}
-    if objective.task == "classification":
-        metrics[f"{prefix}/acc"] = correct_total / max(targets, 1)
-    return metrics
+    if not sums:  # an empty shard (more ranks than batches): still join the all-reduce
+        sums["loss"] = torch.zeros((), device=device, dtype=sum_dtype(device))
+    return sums, samples

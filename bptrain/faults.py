@@ -224,10 +224,13 @@ class NonFiniteGuard:
 
 
 def locate_nonfinite(
-    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: Callable[..., torch.Tensor]
+    model: nn.Module, batch: Any, compute_loss: Callable[[nn.Module, Any], torch.Tensor]
 ) -> dict[str, Any]:
-    """Where did the values first go non-finite? Re-runs one forward pass with hooks (weights untouched)."""
-    x, y = batch
+    """Where did the values first go non-finite? Re-runs one forward pass with hooks (weights untouched).
+
+    ``batch`` is a micro-batch as the data yields it ((x, y) or a dict); ``compute_loss(model, batch)``
+    is the step's loss (the built-in ``loss(model(x), y)`` or the model's ``training_step``).
+    """
     bad_grads = [
         name
         for name, p in model.named_parameters()
@@ -254,11 +257,12 @@ def locate_nonfinite(
     ]
     try:
         with torch.no_grad():
-            loss = loss_fn(model(x), y)
+            loss = compute_loss(model, batch)
     finally:
         for handle in handles:
             handle.remove()
-    if not bool(torch.isfinite(x).all()):
+    inputs = _tensors(batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch)
+    if not all(bool(torch.isfinite(t).all()) for t in inputs if t.is_floating_point()):
         where = "input batch (the data contains NaN/inf)"
     elif first_layer:
         where = f"output of layer {first_layer[0]}"
@@ -273,3 +277,14 @@ def locate_nonfinite(
         "nonfinite_gradients": bad_grads,
         "nonfinite_parameters": bad_params,
     }
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors(v)]
+    return []

@@ -40,9 +40,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, 
         raise UserError(
             f"the data has no {split} split; set {fraction} (or give x_{split}/y_{split} arrays) in the config."
         )
-    metrics = evaluate(
-        model, batches, objective, Precision.create(cfg.trainer.precision, device), split
-    )
+    precision = Precision.create(cfg.trainer.precision, device)
+    metrics = evaluate(model, batches, objective, precision, split, parts.metrics)
     return {
         "split": split,
         "checkpoint": str(checkpoint),

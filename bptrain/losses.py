@@ -7,14 +7,17 @@ the training loop and evaluation never special-case a loss.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from bptrain.class_path import instantiate, resolve, signature_of
 from bptrain.config import LossConfig
 from bptrain.data import DataSpec
-from bptrain.errors import ConfigError
+from bptrain.errors import ConfigError, UserError
 
 CLASSIFICATION_LOSSES = {"cross_entropy", "nll", "bce_with_logits"}
 REGRESSION_LOSSES = {"mse", "l1", "huber", "bce_with_logits"}
@@ -48,10 +51,22 @@ class Objective:
     loss_fn: nn.Module
     task: str
     binary: bool  # one logit per sample against 0/1 labels
+    num_classes: int | None = None  # for the default metrics
+
+    @property
+    def log_probs(self) -> bool:
+        """Whether the model outputs log-probabilities (nll) rather than logits."""
+        return self.name == "nll"
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output, target = self._align(output, target)
         return self.loss_fn(output, target)
+
+    def compute(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The built-in step for ``train_step``: ``loss(model(x), y)``, nothing else to log
+        (``steps.UserStep`` is the model's own ``training_step``)."""
+        x, y = batch
+        return self.loss(model(x), y), {}
 
     def correct(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Number of correct predictions in the batch as a tensor (no host sync), or None for regression."""
@@ -75,6 +90,8 @@ class Objective:
 
 
 def build_objective(cfg: LossConfig, spec: DataSpec) -> Objective:
+    if getattr(cfg, "class_path", None) is not None:
+        return _user_objective(cfg, spec)
     name = resolve_loss_name(cfg, spec)
     weight = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights else None
     if weight is not None and spec.num_classes is not None and len(weight) != spec.num_classes:
@@ -92,5 +109,47 @@ def build_objective(cfg: LossConfig, spec: DataSpec) -> Objective:
         "bce_with_logits": nn.BCEWithLogitsLoss,
     }[name]()
     return Objective(
-        name, loss_fn, spec.task, binary=name == "bce_with_logits" and spec.task == "classification"
+        name,
+        loss_fn,
+        spec.task,
+        binary=name == "bce_with_logits" and spec.task == "classification",
+        num_classes=spec.num_classes,
     )
+
+
+def _user_objective(cfg: Any, spec: DataSpec) -> Objective:
+    """``loss.class_path``: a loss class (built with ``init_args``) or a function (called with
+    ``init_args`` as keyword arguments). It gets what cross_entropy would (logits ``(N, C)`` and
+    class indices) or, for regression, predictions and targets shaped ``(N, D)``."""
+    key = "loss.class_path"
+    target = resolve(cfg.class_path, key, what="a loss: an nn.Module class or a function")
+    if isinstance(target, type):
+        loss_fn = instantiate(target, key, cfg.class_path, cfg.init_args)
+        if not callable(loss_fn):
+            raise UserError(f"{key} '{cfg.class_path}' builds objects that are not callable.")
+    else:
+        try:  # a function is called at every step: check now that (output, target, **init_args) fit
+            inspect.signature(target).bind(None, None, **cfg.init_args)
+        except TypeError as err:
+            raise UserError(
+                f"loss.init_args do not fit {cfg.class_path}: {err}. It is called as "
+                f"fn(output, target, **init_args); the signature is {signature_of(target)}."
+            ) from None
+        except ValueError:  # no signature to check against
+            pass
+        loss_fn = _FunctionLoss(target, cfg.init_args)
+    if not isinstance(loss_fn, nn.Module):
+        loss_fn = _FunctionLoss(loss_fn, {})
+    task = spec.task or "regression"
+    return Objective("custom", loss_fn, task, binary=False, num_classes=spec.num_classes)
+
+
+class _FunctionLoss(nn.Module):
+    """A loss function (or callable object) as a module, so the loop can move it to the device."""
+
+    def __init__(self, fn: Any, kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.fn, self.kwargs = fn, dict(kwargs)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(output, target, **self.kwargs)

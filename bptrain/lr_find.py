@@ -65,12 +65,12 @@ def range_test(
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     parts = build_components(cfg, device)
-    data, objective, model = parts.data, parts.objective, parts.model
+    data, model = parts.data, parts.model
     optimizer = build_optimizer(cfg.optimizer, model)
     precision = Precision.create(cfg.trainer.precision, device)
     lrs = lr_schedule(start_lr, end_lr, steps)
-    return sweep_lrs(
-        model, data.train, objective, optimizer, precision, cfg, lrs, smoothing, diverge
+    return sweep_lrs(  # parts.step: the built-in loss, or the model's own training_step
+        model, data.train, parts.step, optimizer, precision, cfg, lrs, smoothing, diverge
     )
 
 

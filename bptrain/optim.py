@@ -8,19 +8,23 @@ Schedules and the granularity at which the loop steps them:
 - per optimizer step: cosine, onecycle, warmup_cosine (horizon = the run's total optimizer steps);
 - per epoch: step, multistep, exponential;
 - per validation: reduce_on_plateau (it reads the monitored metric).
+
+``class_path`` names the user's own (or any torch) optimizer and scheduler: the optimizer
+still gets the parameter groups above, and the scheduler declares its ``interval``.
 """
 
 from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
 from bptrain import config as C
+from bptrain.class_path import instantiate, resolve
 from bptrain.errors import UserError
 
 Interval = Literal["step", "epoch", "validation", "never"]
@@ -59,6 +63,8 @@ def build_optimizer(cfg: C.OptimizerConfig, model: nn.Module) -> torch.optim.Opt
     groups = param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm)
     if not any(group["params"] for group in groups):
         raise UserError("the model has no trainable parameters: nothing would train.")
+    if getattr(cfg, "class_path", None) is not None:
+        return _user_optimizer(cfg, groups)
     if isinstance(cfg, C.SGDOptimizer):  # also `momentum`
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, dampening=cfg.dampening
@@ -113,6 +119,8 @@ def build_scheduler(
     """Return the scheduler and when the loop must step it."""
     refuse_unrepresentable(cfg, "scheduler")
     base_lr = optimizer.param_groups[0]["lr"]
+    if getattr(cfg, "class_path", None) is not None:
+        return _user_scheduler(cfg, optimizer)
     if isinstance(cfg, C.NoScheduler):
         return None, "never"
     if isinstance(cfg, C.StepScheduler):
@@ -162,3 +170,29 @@ def build_scheduler(
             "validation",
         )
     raise AssertionError(f"unhandled scheduler {cfg!r}")
+
+
+def _user_optimizer(cfg: Any, groups: list[dict]) -> torch.optim.Optimizer:
+    """``optimizer.class_path``: any ``torch.optim.Optimizer`` subclass, given bptrain's parameter
+    groups (no weight decay on 1-d parameters) and ``lr``, plus ``init_args``."""
+    key = "optimizer.class_path"
+    cls = resolve(cfg.class_path, key, base=torch.optim.Optimizer)
+    optimizer = instantiate(cls, key, cfg.class_path, cfg.init_args, groups, lr=cfg.lr)
+    return optimizer
+
+
+def _user_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> tuple[Any, Interval]:
+    """``scheduler.class_path``: an LR scheduler built on the optimizer, stepped every
+    ``interval`` (step or epoch), or after each validation with the ``monitor``ed metric."""
+    key = "scheduler.class_path"
+    cls = resolve(
+        cfg.class_path, key, base=(lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)
+    )
+    plateau = issubclass(cls, lr_scheduler.ReduceLROnPlateau)
+    if plateau and cfg.monitor is None:
+        raise UserError(
+            f"{key} '{cfg.class_path}' steps on a metric: set scheduler.monitor "
+            "(e.g. val/loss); it is then stepped after each validation."
+        )
+    scheduler = instantiate(cls, key, cfg.class_path, cfg.init_args, optimizer)
+    return scheduler, "validation" if cfg.monitor is not None else cfg.interval

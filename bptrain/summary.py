@@ -34,6 +34,8 @@ def print_run_header(
         f"{spec.num_classes}-class classification"
         if spec.task == "classification"
         else f"regression to {spec.target_shape}"
+        if spec.task == "regression"
+        else "samples read by the model's training_step"
     )
     sizes = f"train {data.train.num_samples}" + "".join(
         f", {name} {split.num_samples}"
@@ -44,8 +46,9 @@ def print_run_header(
         f"[bold]run directory[/bold] {run_dir}"
         + (f"  (resumed from {resumed_from})" if resumed_from else "")
     )
+    source = getattr(cfg.data, "source", None) or cfg.data.class_path
     parts = [
-        f"data {cfg.data.source}: {task}, input {spec.input_shape}, {sizes}",
+        f"data {source}: {task}, input {spec.input_shape or 'dicts'}, {sizes}",
         f"model {type(model).__name__}: {trainable:,} trainable / {total:,} parameters"
         + (f" ({total - trainable:,} frozen)" if total > trainable else ""),
         f"device {device}, precision {cfg.trainer.precision}",

@@ -39,6 +39,7 @@ from torch import nn
 
 import bptrain
 from bptrain import distributed
+from bptrain.callbacks import CallbackList, RunInfo, build_callbacks
 from bptrain.checkpoint import (
     BackgroundWriter,
     CheckpointTracker,
@@ -47,7 +48,7 @@ from bptrain.checkpoint import (
     save_checkpoint,
     save_safetensors,
 )
-from bptrain.components import build_components
+from bptrain.components import Components, build_components
 from bptrain.config import Config, GradClip, LoggingConfig, to_dict, to_yaml
 from bptrain.data import Batches, DataBundle
 from bptrain.early_stopping import EarlyStopping
@@ -64,6 +65,7 @@ from bptrain.faults import (
 )
 from bptrain.grads import LogStepRecorder
 from bptrain.losses import Objective
+from bptrain.metrics import EvalMetrics, write_tables
 from bptrain.model_summary import example_batch, render, summarize
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.preprocess import stored_preprocessing
@@ -72,6 +74,7 @@ from bptrain.resume import load_resume, run_dir_of, version_warning
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
 from bptrain.runlog import RunLog, create_run_dir, write_json
 from bptrain.runtime import Precision, seed_everything, sum_dtype
+from bptrain.steps import StepModule, UserStep, batch_size, check_user_step, to_device
 from bptrain.summary import bytes_per_rank, count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init
 
@@ -91,6 +94,8 @@ def fit(
     run = build_run(cfg, console, resume)
     run.pruning = pruning
     loop, accumulate = run.loop, cfg.trainer.accumulate_grad_batches
+    info = RunInfo(run.run_dir, to_dict(cfg), run.model, run.dist.world_size, loop.epoch, loop.step)
+    run.callbacks.on_fit_start(info)
     progress = ConsoleProgress(console, run.progress_mode, run.total_steps, cfg.trainer.max_epochs)
     started = time.perf_counter()
     epoch_metrics: dict[str, Any] = {}
@@ -114,7 +119,7 @@ def fit(
                     result = train_step(
                         run.forward,
                         window,
-                        run.objective,
+                        run.step,  # the built-in loss(model(x), y) or the model's training_step
                         run.optimizer,
                         run.precision,
                         cfg.trainer.grad_clip,
@@ -130,9 +135,12 @@ def fit(
                     run.step_schedule()
                     step_metrics = _log_step(run, result) if log_now else None
                     progress.step(loop.step, loop.epoch + 1, step_metrics)
+                    run.callbacks.on_train_batch_end(loop.epoch, loop.step, step_metrics or {})
                     # every rank stops after the same step, even if only some got the signal
                     stopping = distributed.agree_on_signal(run.stop.signum)
                     if stopping is not None or loop.step >= run.total_steps:
+                        break
+                    if run.callbacks.agreed_stop:  # a callback asked: stop at this step boundary
                         break
                     if run.checkpoint_due_mid_epoch():
                         loop.epoch_loss_sum = float(epoch_loss)
@@ -140,6 +148,9 @@ def fit(
                 loop.epoch_loss_sum = float(epoch_loss)
                 if stopping is not None:  # save where we are: resume continues from here
                     raise _interrupted(run, stopping)
+                if run.callbacks.agreed_stop:
+                    run.save_last()
+                    break
                 epoch_metrics = _end_of_epoch(run, progress, started)
     except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
         run.log.log(
@@ -170,8 +181,11 @@ class Run:
     console: Console
     data: DataBundle
     objective: Objective
+    step: Objective | UserStep  # what train_step computes per micro-batch (steps.py)
+    metrics: EvalMetrics  # what evaluate measures besides the loss (metrics.py)
+    callbacks: CallbackList  # the user's code at named points (callbacks.py)
     model: nn.Module  # what checkpoints save: never the DDP or compiled wrapper
-    forward: nn.Module  # what the loop calls: the model, or its DDP / compiled wrapper
+    forward: nn.Module  # what the loop calls: the model (or its StepModule), maybe DDP / compiled
     optimizer: torch.optim.Optimizer
     scheduler: Any
     schedule_interval: str | None  # step | epoch | validation | None
@@ -203,7 +217,7 @@ class Run:
 
     def finished(self) -> bool:
         stopped = self.stopper is not None and self.stopper.should_stop
-        return stopped or self.pruned or self.limits_reached()
+        return stopped or self.pruned or self.callbacks.agreed_stop or self.limits_reached()
 
     def limits_reached(self) -> bool:
         return self.loop.epoch >= self.cfg.trainer.max_epochs or self.loop.step >= self.total_steps
@@ -232,14 +246,16 @@ class Run:
 
     def save_last(self) -> None:
         if self.cfg.trainer.checkpoint.save_last:
+            path = self.run_dir / "checkpoints" / "last.pt"
             with self.stop.saving():
                 self.gather()
                 if self.dist.is_main:
-                    path = self.run_dir / "checkpoints" / "last.pt"
                     if self.writer is None:
                         save_checkpoint(self.checkpoint(), path)
                     else:  # the loop waits for the copy to host memory, not for the disk
                         self.writer.submit(save_checkpoint, host_copy(self.checkpoint()), path)
+            # rank 0 only (CallbackList.enabled); with async_write the file may still be in flight
+            self.callbacks.on_checkpoint(path)
 
     def export(self, path: Path) -> None:
         """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
@@ -271,10 +287,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         console.print(describe_init(parts.init_report))
     model, data = parts.model, parts.data
     layers = _layer_table(model, data, dist.device) if dist.is_main else None  # before wrapping
-    # DDP when distributed; FSDP shards the model in place, so the optimizer comes after
-    forward = distributed.wrap(
-        model, dist, cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.fsdp_blocks
-    )
+    # FSDP shards the model in place: the optimizer comes after
+    forward = _forward(cfg, parts, dist)
     optimizer = build_optimizer(cfg.optimizer, model)
     sharded = None
     if dist.enabled and cfg.trainer.strategy == "fsdp":
@@ -301,6 +315,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     )
     stopper = EarlyStopping.from_config(es) if es is not None else None
     best_weights = BestWeights(enabled=es is not None and es.restore_best_weights)
+    callbacks = build_callbacks(cfg.callbacks, enabled=dist.is_main)
     guard = NonFiniteGuard(
         cfg.trainer.nan_policy,
         cfg.trainer.max_skipped_steps,
@@ -322,6 +337,9 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
             "rng": RandomState(),
             "data_order": DataOrder(cfg.seed, data.train, loop, warn),  # after progress: its epoch
             "preprocessing": data.preprocessing,  # what eval, predict and export must apply
+            "callbacks": callbacks,  # each callback's own state_dict, when it has one
+            # (metrics have none to save: they are reset after every evaluation, and checkpoints
+            # are written between evaluations)
         },
         cfg,
         data.spec,
@@ -357,7 +375,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         else None
     )
     return Run(
-        cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective, model=model,
+        cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective,
+        step=parts.step, metrics=parts.metrics, callbacks=callbacks, model=model,
         forward=forward, optimizer=optimizer, scheduler=scheduler,
         schedule_interval=schedule_interval, precision=precision, loop=loop,
         total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
@@ -383,6 +402,26 @@ def _write_run_files(run_dir: Path, cfg: Config, data: DataBundle) -> None:
         data.preprocessing.write_json(run_dir / "preprocessing.json")
 
 
+def _forward(cfg: Config, parts: Components, dist: distributed.Dist) -> nn.Module:
+    """What the loop calls: the model, or the StepModule routing to its training_step (tried once
+    on a real batch first), wrapped by DDP or FSDP when distributed. A training_step goes through
+    StepModule.forward so that DDP sees the call and synchronises its gradients."""
+    model = parts.model
+    if not isinstance(parts.step, UserStep):
+        return distributed.wrap(
+            model, dist, cfg.trainer.strategy, cfg.trainer.precision, cfg.trainer.fsdp_blocks
+        )
+    wants_preds = bool(cfg.metrics) and parts.data.val is not None
+    check_user_step(model, next(iter(parts.data.train)), dist.device, wants_preds)
+    return distributed.wrap(
+        StepModule(model),
+        dist,
+        cfg.trainer.strategy,
+        cfg.trainer.precision,
+        cfg.trainer.fsdp_blocks,
+    )
+
+
 def _total_steps(cfg: Config, train: Batches) -> int:
     steps_per_epoch = math.ceil(len(train) / cfg.trainer.accumulate_grad_batches)
     total = cfg.trainer.max_epochs * steps_per_epoch
@@ -396,12 +435,13 @@ class StepResult(NamedTuple):
     samples: int
     grad_norm: torch.Tensor | None  # the true total norm: unscaled, before clipping
     clipped_norm: torch.Tensor | None  # what clipping by norm left (None without clipping by norm)
+    logs: dict[str, torch.Tensor] = {}  # a training_step's other values, window means  # noqa: RUF012
 
 
 def train_step(
     model: nn.Module,
-    window: list[tuple[torch.Tensor, torch.Tensor]],
-    objective: Objective,
+    window: list[Any],
+    objective: Objective | UserStep,
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     clip: GradClip | None,
@@ -414,25 +454,31 @@ def train_step(
     The gradient norm is computed only when clipping by norm needs it anyway or when
     `measure_grad_norm` asks (at log steps), since it costs a pass over all gradients. At those
     steps `layers` (if given) also records per-layer gradient norms and update-to-weight ratios.
+    `objective.compute(model, batch)` is the micro-batch's loss: the built-in ``loss(model(x), y)``
+    or the model's own ``training_step`` (``steps.UserStep``); everything around it is the same.
     """
     layers = layers if measure_grad_norm else None
-    device = precision.device
-    window = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in window]
-    window_samples = sum(len(x) for x, _ in window)
+    window = [to_device(batch, precision.device) for batch in window]  # (x, y) tuples or dicts
+    sizes = [batch_size(batch) for batch in window]
+    window_samples = sum(sizes)
     scaler = precision.scaler
+    logs: dict[str, torch.Tensor] = {}
 
     def forward_backward() -> torch.Tensor:
         total: torch.Tensor | None = None
-        for i, (x, y) in enumerate(window):
+        for i, (batch, n) in enumerate(zip(window, sizes, strict=True)):
             # DDP: only the window's last backward all-reduces the accumulated gradients
             with distributed.no_sync(model, skip=i < len(window) - 1):
                 with precision.autocast():
-                    loss = objective.loss(model(x), y)
-                    if len(x) != window_samples:  # weight only when accumulating: x * 1.0 is x
-                        loss = loss * (len(x) / window_samples)
+                    loss, logged = objective.compute(model, batch)
+                    if n != window_samples:  # weight only when accumulating: x * 1.0 is x
+                        loss = loss * (n / window_samples)
                 scaler.scale(loss).backward()
             part = loss.detach().float()
             total = part if total is None else total + part
+            for key, value in logged.items():  # the same sample weighting as the loss
+                value = value.float() * (n / window_samples)
+                logs[key] = logs[key] + value if key in logs else value
         return total  # type: ignore[return-value]
 
     if isinstance(optimizer, torch.optim.LBFGS):
@@ -448,7 +494,7 @@ def train_step(
 
         loss = optimizer.step(closure)
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss, window_samples, *norms[0])  # type: ignore[arg-type]
+        return StepResult(loss, window_samples, *norms[0], logs)  # type: ignore[arg-type]
 
     loss = forward_backward()
     scaler.unscale_(optimizer)  # true gradients from here on: the norm and clipping see real values
@@ -456,11 +502,11 @@ def train_step(
         layers.before_update()
     grad_norm, clipped_norm = clip_and_measure(model, clip, measure_grad_norm)
     if guard is not None and not guard.step_ok(
-        loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], objective.loss)
+        loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], _step_loss(objective))
     ):  # nan_policy skip: no update for this window
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss, window_samples, grad_norm, clipped_norm)
+        return StepResult(loss, window_samples, grad_norm, clipped_norm, logs)
     scaler.step(optimizer)
     scaler.update()
     if layers is not None:
@@ -468,7 +514,12 @@ def train_step(
     if guard is not None:
         guard.after_update(scaler)
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, window_samples, grad_norm, clipped_norm)
+    return StepResult(loss, window_samples, grad_norm, clipped_norm, logs)
+
+
+def _step_loss(objective: Objective | UserStep):
+    """The step's loss alone, for ``locate_nonfinite``'s replay."""
+    return lambda model, batch: objective.compute(model, batch)[0]
 
 
 def clip_and_measure(
@@ -526,6 +577,9 @@ def _log_step(run: Run, result: StepResult) -> dict[str, Any]:
     # train/loss averaged over ranks; grad_norm is of the synced gradients
     result = result._replace(loss=distributed.mean_over_ranks(result.loss))
     metrics, clipped = _step_metrics(run.loop, result, run.optimizer, run.precision, run.guard)
+    metrics.update(
+        _extra_values(result.logs, "train")
+    )  # what a training_step returned besides loss
     layer_stats = run.recorder.take() if run.recorder else {}
     if clipped is not None:
         layer_stats["grad_norm_clipped"] = clipped
@@ -535,6 +589,14 @@ def _log_step(run: Run, result: StepResult) -> dict[str, Any]:
             run.log.layers(run.loop.step, layer_stats)
         run.log.histograms(run.loop.step, run.recorder.take_histograms())
     return metrics
+
+
+def _extra_values(logs: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
+    """A training_step's other returned values, averaged over ranks, in one transfer."""
+    if not logs:
+        return {}
+    values = distributed.mean_over_ranks(torch.stack([v.float() for v in logs.values()]))
+    return {f"{prefix}/{k}": v for k, v in zip(logs, values.tolist(), strict=True)}
 
 
 def _step_metrics(
@@ -583,11 +645,7 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
         loop.epoch % cfg.trainer.val_every_n_epochs == 0 or last_epoch
     )
     if validated:
-        metrics.update(
-            evaluate(
-                run.model, run.data.val, run.objective, run.precision, "val", progress.validation
-            )
-        )
+        metrics.update(_evaluate(run, run.data.val, "val", progress.validation))  # type: ignore[arg-type]
         if run.schedule_interval == "validation":
             run.scheduler.step(_monitored(metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
     if run.schedule_interval == "epoch":
@@ -602,11 +660,17 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
             run.best_weights.keep(run.model)
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch, loop.step, metrics)
+    if validated:  # before this epoch's checkpoints: they hold the callbacks' updated state
+        run.callbacks.on_validation_end(loop.epoch, loop.step, metrics)
     run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
     if run.dist.is_main:
-        run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
+        best = run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
+        if best and cfg.trainer.checkpoint.save_best:
+            run.callbacks.on_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.pruned = validated and run.pruning is not None and run.pruning.epoch_end(metrics)
-    stopped = (stopper is not None and stopper.should_stop) or run.pruned
+    stopped = (
+        (stopper is not None and stopper.should_stop) or run.pruned or run.callbacks.agreed_stop
+    )
     if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
         run.save_last()
     return metrics
@@ -625,6 +689,11 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
             f"[bold]early stopping[/bold] at epoch {stopper.stopped_epoch}: {stopper.reason}"
         )
         run.log.log("event", loop.step, {"event": "early_stopped", **stopper.state_dict()})
+    elif run.callbacks.agreed_stop:
+        status = "stopped"
+        stop_reason = f"stopped by a callback: {run.callbacks.stop_reason or 'on rank 0'}"
+        console.print(f"[bold]{stop_reason}[/bold]")
+        run.log.log("event", loop.step, {"event": "stopped", "reason": stop_reason})
     else:
         status = "completed"
         stop_reason = (
@@ -638,7 +707,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
     if run.dist.is_main:  # the final model: what test/* measures
         run.export(run.run_dir / "checkpoints" / "last.safetensors")
     test = run.data.test
-    test_metrics = evaluate(run.model, test, run.objective, run.precision, "test") if test else None
+    test_metrics = _evaluate(run, test, "test") if test else None
     if test_metrics:
         run.log.log("test", loop.step, test_metrics)
     total_params, trainable_params = count_parameters(run.model)
@@ -673,6 +742,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
     }
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)
+    run.callbacks.on_fit_end(summary)
     run.log.close(summary)
     print_summary(console, summary)
     _write_report(run)
@@ -696,6 +766,16 @@ def _write_report(run: Run) -> None:
         return
     took = time.perf_counter() - started
     run.console.print(f"wrote {path} ({took:.2f} s)", soft_wrap=True, markup=False, highlight=False)
+
+
+def _evaluate(run: Run, batches: Batches, prefix: str, on_batch: Any = None) -> dict[str, float]:
+    """Loss and metrics over a split; tables (the confusion matrix) go to the run directory."""
+    metrics = evaluate(
+        run.model, batches, run.objective, run.precision, prefix, run.metrics, on_batch
+    )
+    if run.dist.is_main and run.metrics.tables:
+        write_tables(run.run_dir, prefix, run.metrics.tables)
+    return metrics
 
 
 def _monitored(metrics: dict[str, float], key: str) -> float:

@@ -66,48 +66,60 @@ def _same(a: object, b: object) -> bool:
     return a.annotation == b.annotation  # type: ignore[attr-defined]
 
 
+def _is_list(annotation: object) -> bool:
+    if typing.get_origin(annotation) is list:
+        return True
+    return any(_is_list(a) for a in typing.get_args(annotation))
+
+
 def render() -> str:
     out = [START, "", "Top-level keys:", "", *_table(C.Config, ""), ""]
     for name, field in C.Config.model_fields.items():
         members = _members(field.annotation)
         if not members:
             continue
+        prefix = f"{name}[i]." if _is_list(field.annotation) else f"{name}."
         out += [f"#### `{name}`", ""] + ([field.description, ""] if field.description else [])
-        tag = next((k for k in ("source", "name") if k in members[0].model_fields), None)
-        if len(members) == 1:
-            out += [*_table(members[0], f"{name}."), ""]
-        else:
+        # the built-in variants, then the class_path one (your own code)
+        builtins = [m for m in members if "class_path" not in m.model_fields]
+        customs = [m for m in members if "class_path" in m.model_fields]
+        tag = next(
+            (k for k in ("source", "name") if builtins and k in builtins[0].model_fields), None
+        )
+        if len(builtins) == 1:
+            out += [*_table(builtins[0], prefix), ""]
+        elif builtins:
             shared = [
-                n for n in members[0].model_fields
-                if n != tag and all(n in m.model_fields and _same(m.model_fields[n], members[0].model_fields[n]) for m in members)
+                n for n in builtins[0].model_fields
+                if n != tag and all(n in m.model_fields and _same(m.model_fields[n], builtins[0].model_fields[n]) for m in builtins)
             ]  # fmt: skip
             if shared:
                 out += [
-                    f"Keys of every `{name}` variant:",
+                    f"Keys of every built-in `{name}` variant:",
                     "",
-                    *_table(members[0], f"{name}.", shared),
+                    *_table(builtins[0], prefix, shared),
                     "",
                 ]
-            for member in members:
-                base = members[0].model_fields
+            for member in builtins:
+                base = builtins[0].model_fields
                 own = [
                     n for n in member.model_fields
-                    if n != tag and (n not in shared or _default(member.model_fields[n]) != _default(base[n]))
+                    if n != tag and (n not in shared or _default(member.model_fields[n]) != _default(base[n]) or member.model_fields[n].description != base[n].description)
                 ]  # fmt: skip
-                if tag and tag in member.model_fields:
-                    label = " / ".join(
-                        str(a) for a in typing.get_args(member.model_fields[tag].annotation)
-                    )
-                    heading, doc = (
-                        f"{name}.{tag}: {label}",
-                        member.model_fields[tag].description or member.__doc__ or "",
-                    )
-                else:
-                    heading, doc = f"{name}.class_path (your own nn.Module)", ""
+                label = " / ".join(
+                    str(a)
+                    for a in typing.get_args(member.model_fields[tag].annotation)  # type: ignore[index]
+                )
+                doc = member.model_fields[tag].description or member.__doc__ or ""  # type: ignore[index]
                 if "Base for every config section" in doc:
                     doc = ""
-                out += [f"**`{heading}`**" + (f" — {doc}" if doc else ""), ""]
-                out += [*_table(member, f"{name}.", own), ""] if own else []
+                out += [f"**`{name}.{tag}: {label}`**" + (f" — {doc}" if doc else ""), ""]
+                out += [*_table(member, prefix, own), ""] if own else []
+        for member in customs:
+            what = "your own nn.Module" if name == "model" else "your own code"
+            if builtins:
+                out += [f"**`{prefix}class_path` ({what}, docs/extending.md)**", ""]
+            out += [*_table(member, prefix), ""]
         for member in members:
             for sub_name, sub_field in member.model_fields.items():
                 for sub in _members(sub_field.annotation):

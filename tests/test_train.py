@@ -46,10 +46,10 @@ def test_accumulation_equals_one_large_batch(write_config, sizes):
     precision = Precision.create("32", torch.device("cpu"))
     opt_micro, opt_big = build_optimizer(cfg.optimizer, model), build_optimizer(cfg.optimizer, big)
     clip = cfg.trainer.grad_clip
-    loss_micro, n_micro, norm_micro, _ = train_step(
+    loss_micro, n_micro, norm_micro, *_ = train_step(
         model, micro, objective, opt_micro, precision, clip, measure_grad_norm=True
     )
-    loss_big, n_big, norm_big, _ = train_step(
+    loss_big, n_big, norm_big, *_ = train_step(
         big, [(x, y)], objective, opt_big, precision, clip, measure_grad_norm=True
     )
     assert n_micro == n_big == sum(sizes)

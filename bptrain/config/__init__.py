@@ -12,6 +12,7 @@ The package imports pydantic and yaml but never torch: ``config validate`` and
 
 - ``base``: ``Section`` (the base of every section) and ``KeyPath``;
 - ``data``, ``model``, ``optim`` (loss, optimizer, scheduler), ``trainer`` (trainer, logging): the sections;
+- ``extend``: the user's own code: class_path variants of data/loss/optimizer/scheduler, ``metrics``, ``callbacks``;
 - ``schema``: the root ``Config`` and ``models_in``;
 - ``loading``: safe YAML with line numbers, overrides, ``load_config`` and ``validate_config``;
 - ``compose``: ``base:`` includes, several files, ``${env:VAR}``, variant shorthands, origins;
@@ -42,6 +43,15 @@ from bptrain.config.data import (
 )
 from bptrain.config.dump import json_schema, to_dict, to_yaml
 from bptrain.config.error_messages import format_validation_error
+from bptrain.config.extend import (
+    CallbackConfig,
+    CustomData,
+    CustomLoss,
+    CustomMetric,
+    CustomOptimizer,
+    CustomScheduler,
+    MetricConfig,
+)
 from bptrain.config.loading import (
     YamlLoader,
     apply_override,
@@ -100,12 +110,18 @@ __all__ = [
     "AddingData",
     "BlobsData",
     "CNNModel",
+    "CallbackConfig",
     "CheckpointConfig",
     "Config",
     "CopyData",
     "CosineScheduler",
     "CsvData",
+    "CustomData",
+    "CustomLoss",
+    "CustomMetric",
     "CustomModel",
+    "CustomOptimizer",
+    "CustomScheduler",
     "DataCommon",
     "DataConfig",
     "DigitsData",
@@ -120,6 +136,7 @@ __all__ = [
     "LossConfig",
     "MLPModel",
     "MajorityData",
+    "MetricConfig",
     "MlflowConfig",
     "ModelConfig",
     "MomentumOptimizer",

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bptrain.config.base import KeyPath
-from bptrain.config.model import CustomModel
+from bptrain.config.extend import BUILTIN
 from bptrain.config.schema import Config, models_in, ordered_keys
 
 
@@ -109,12 +109,19 @@ def _valid_keys(path: KeyPath, data: Any) -> list[str]:
 
 def _model_at(path: KeyPath, data: Any) -> type[BaseModel] | None:
     model: type[BaseModel] | None = Config
-    node = data
+    node, annotation = data, None
     for key in path:
-        if model is None or not isinstance(key, str) or key not in model.model_fields:
+        if isinstance(key, int):  # an item of a list section (metrics, callbacks)
+            if annotation is None or not isinstance(node, list) or key >= len(node):
+                return None
+            node = node[key]
+            model = _pick_model(annotation, node)
+            continue
+        if model is None or key not in model.model_fields:
             return None
+        annotation = model.model_fields[key].annotation
         node = node.get(key) if isinstance(node, dict) else None
-        model = _pick_model(model.model_fields[key].annotation, node)
+        model = _pick_model(annotation, node)
     return model
 
 
@@ -122,8 +129,8 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
     members = models_in(annotation)
     if len(members) <= 1:
         return members[0] if members else None
-    if isinstance(value, dict) and "class_path" in value:
-        return CustomModel
+    if isinstance(value, dict) and "class_path" in value:  # the member that has class_path
+        return next((m for m in members if "class_path" in m.model_fields), members[0])
     for member in members:
         for tag_field in ("name", "source"):
             field = member.model_fields.get(tag_field)
@@ -137,7 +144,7 @@ def _pick_model(annotation: Any, value: Any) -> type[BaseModel] | None:
 
 
 def _collect_union_tags() -> set[str]:
-    tags = {"custom"}
+    tags = {"custom", BUILTIN, "metric"}
     for field in Config.model_fields.values():
         for member in models_in(field.annotation):
             for tag_field in ("name", "source"):

@@ -5,17 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bptrain.config.base import Section
-from bptrain.config.data import DataConfig
+from bptrain.config.extend import (
+    CallbackConfig,
+    DataSection,
+    LossSection,
+    MetricEntry,
+    OptimizerSection,
+    SchedulerSection,
+    metric_list,
+)
 from bptrain.config.model import MLPModel, ModelConfig, TransferLearning
 from bptrain.config.optim import (
     AdamOptimizer,
     LossConfig,
     NoScheduler,
-    OptimizerConfig,
-    SchedulerConfig,
 )
 from bptrain.config.trainer import LoggingConfig, TrainerConfig
 
@@ -25,24 +31,33 @@ class Config(Section):
 
     seed: int = 0
     """Seeds Python, NumPy and torch, the data split and the data order. Same config + seed = same metrics on CPU."""
-    data: DataConfig
-    """Where the samples come from; see data.source."""
+    data: DataSection
+    """Where the samples come from: a built-in data.source, or your own Datasets (data.class_path)."""
     model: ModelConfig = Field(default_factory=MLPModel)
     """The network: a built-in (name) or your own nn.Module (class_path)."""
-    loss: LossConfig = Field(default_factory=LossConfig)
-    """The training objective."""
-    optimizer: OptimizerConfig = Field(default_factory=lambda: AdamOptimizer(name="adamw"))
-    """The optimizer and its hyper-parameters."""
-    scheduler: SchedulerConfig = Field(default_factory=lambda: NoScheduler(name="none"))
-    """The learning-rate schedule."""
+    loss: LossSection = Field(default_factory=LossConfig)
+    """The training objective: a built-in loss.name, or your own (loss.class_path)."""
+    optimizer: OptimizerSection = Field(default_factory=lambda: AdamOptimizer(name="adamw"))
+    """The optimizer and its hyper-parameters: a built-in optimizer.name, or any torch.optim.Optimizer (optimizer.class_path)."""
+    scheduler: SchedulerSection = Field(default_factory=lambda: NoScheduler(name="none"))
+    """The learning-rate schedule: a built-in scheduler.name, or your own (scheduler.class_path with interval/monitor)."""
+    metrics: list[MetricEntry] | None = None
+    """Evaluation metrics, logged as val/<key> and test/<key>: built-in names (accuracy, f1, ...) with options, or any torchmetrics.Metric by class_path. Default: accuracy for classification, mae for regression (none for a model with its own training_step)."""
+    callbacks: list[CallbackConfig] = Field(default_factory=list)
+    """Your objects called at on_fit_start, on_train_batch_end, on_validation_end, on_checkpoint and on_fit_end (docs/extending.md)."""
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     """How long and how to train."""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     """Where and what to log."""
 
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _names_as_entries(cls, value: Any) -> Any:
+        return metric_list(value)
+
     @model_validator(mode="after")
     def _compatible_choices(self) -> Config:
-        if self.optimizer.name == "lbfgs" and self.trainer.precision == "fp16":
+        if getattr(self.optimizer, "name", None) == "lbfgs" and self.trainer.precision == "fp16":
             raise ValueError(
                 "optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16"
             )

@@ -51,6 +51,10 @@ def build_data(
 
     if isinstance(cfg, ImageFolderData):
         return build_imagefolder(cfg, seed, device, rank, world_size, preprocessing)
+    if getattr(cfg, "class_path", None) is not None:  # the user's own Datasets
+        from bptrain.data.user import build_user_data
+
+        return build_user_data(cfg, seed, device, rank, world_size)
     given = preprocessing
     splits = read_source(cfg, seed, given.class_names if given is not None else None)
     train, val, test = splits.train, splits.val, splits.test

@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 class DataSpec:
     """What the data tells the model and the loss, so users never repeat it in the config."""
 
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression"] | None  # None: dict samples without num_classes
     input_shape: tuple[int, ...]
     num_classes: int | None
     target_shape: tuple[int, ...]  # () for one class label per sample, (T,) for per-step labels
     token_range: int | None = (
         None  # max + 1 of integer-valued inputs (token ids); None for real inputs
     )
+    dict_samples: bool = False  # a user dataset of dicts: only a model's training_step reads them
 
     @property
     def in_features(self) -> int:

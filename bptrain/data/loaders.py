@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -130,16 +130,23 @@ class TensorBatches(_Sharded):
 class DataLoaderBatches(_Sharded):
     """A torch DataLoader (workers, pinned memory) over the same per-epoch order.
 
-    Takes any map-style dataset of (x, y) pairs: in-memory tensors (``TensorDataset``) or
-    samples decoded on the fly (image folders).
+    Takes any map-style dataset: (x, y) pairs of in-memory tensors (``TensorDataset``), samples
+    decoded on the fly (image folders), or a user's dataset of tuples or dicts (``data.class_path``)
+    with its own ``collate_fn``.
     """
 
     def __init__(
-        self, dataset: Dataset, num_workers: int, pin_memory: bool, **kwargs: object
+        self,
+        dataset: Dataset,
+        num_workers: int,
+        pin_memory: bool,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        **kwargs: object,
     ) -> None:
         super().__init__(len(dataset), **kwargs)  # type: ignore[arg-type]
         self.dataset = dataset
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.collate_fn = collate_fn  # None: torch's default (tuples and dicts of tensors)
 
     def __iter__(self) -> Iterator[Batch]:
         loader = DataLoader(
@@ -150,5 +157,9 @@ class DataLoaderBatches(_Sharded):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=False,  # workers see the dataset as it is when each epoch starts
+            collate_fn=self.collate_fn,
+            # the workers' seeds come from (seed, epoch), not from the global RNG: iterating
+            # would otherwise draw from it, and a resumed run would draw at another point
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1),
         )
         yield from loader

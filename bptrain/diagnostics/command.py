@@ -72,6 +72,12 @@ def inspect_config(
     seed_everything(cfg.seed, False)
     parts = build_components(cfg, device, init_weights=checkpoint is None)
     data, objective, model = parts.data, parts.objective, parts.model
+    if parts.step is not objective:
+        raise UserError(
+            f"grad-inspect replays loss(model(x), y); {type(model).__name__} trains through its "
+            "own training_step, which grad-inspect does not support yet. Inspect it with "
+            "`bptrain fit` and logging.grad_norms: true instead."
+        )
     if checkpoint is not None:
         state = model_state(load_checkpoint(checkpoint, map_location=device), checkpoint)
         try:

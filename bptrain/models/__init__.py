@@ -17,6 +17,7 @@ from bptrain.models.custom import build_custom, check_fits_data
 from bptrain.models.mlp import build_mlp
 from bptrain.models.rnn import build_rnn
 from bptrain.models.transformer import build_transformer
+from bptrain.steps import has_training_step
 
 __all__ = ["build_model", "output_shape", "takes_token_ids"]
 
@@ -54,6 +55,11 @@ def build_model(
         )
     if takes_token_ids(cfg):
         _check_tokens(cfg.vocab_size, spec)  # type: ignore[union-attr]
+    if spec.dict_samples and not isinstance(cfg, CustomModel):
+        raise UserError(
+            "the data's samples are dicts, which only a model's own training_step can read; "
+            "give model.class_path a module defining training_step(batch) (see docs/extending.md)."
+        )
     if isinstance(cfg, CustomModel):
         model = build_custom(cfg)
         if not any(True for _ in model.parameters()):
@@ -62,7 +68,14 @@ def build_model(
                 "Assign layers as attributes in __init__ (self.fc = nn.Linear(...)), keep lists of "
                 "layers in nn.ModuleList, and wrap your own tensors in nn.Parameter."
             )
-        check_fits_data(model, torch.zeros(2, *spec.input_shape), out_shape, cfg.class_path)
+        # a model with training_step reads the batch itself: steps.check_user_step tries a real one
+        if not has_training_step(model):
+            if spec.dict_samples:
+                raise UserError(
+                    f"model.class_path '{cfg.class_path}' has no training_step(batch), but the "
+                    "data's samples are dicts: define training_step to read them (docs/extending.md)."
+                )
+            check_fits_data(model, torch.zeros(2, *spec.input_shape), out_shape, cfg.class_path)
         return model
 
     def build() -> nn.Module:

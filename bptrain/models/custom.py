@@ -8,56 +8,22 @@ is reported with the layer that failed instead of a traceback mid-training.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from bptrain.class_path import instantiate, resolve
 from bptrain.config import CustomModel
 from bptrain.errors import UserError
 
 
 def import_class(class_path: str) -> type:
-    module_name, _, class_name = class_path.replace(":", ".").rpartition(".")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        raise UserError(
-            f"model.class_path '{class_path}': cannot import module '{module_name}' ({err}). "
-            f"It must be importable from the current directory ({cwd}) or PYTHONPATH."
-        ) from None
-    except Exception as err:  # the user's module itself failed while importing
-        raise UserError(
-            f"model.class_path '{class_path}': importing '{module_name}' failed: {type(err).__name__}: {err}"
-        ) from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        names = [n for n, v in vars(module).items() if isinstance(v, type)]
-        close = difflib.get_close_matches(class_name, names, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise UserError(
-            f"model.class_path '{class_path}': module '{module_name}' has no class '{class_name}'.{hint}"
-        )
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise UserError(f"model.class_path '{class_path}' is not a torch.nn.Module subclass.")
-    return cls
+    """The ``nn.Module`` subclass ``model.class_path`` names (errors exit 2, see ``bptrain.class_path``)."""
+    return resolve(class_path, "model.class_path", base=nn.Module)
 
 
 def build_custom(cfg: CustomModel) -> nn.Module:
     cls = import_class(cfg.class_path)
-    try:
-        return cls(**cfg.init_args)
-    except TypeError as err:
-        raise UserError(
-            f"model.init_args do not fit {cfg.class_path}{inspect.signature(cls)}: {err}"
-        ) from None
+    return instantiate(cls, "model.class_path", cfg.class_path, cfg.init_args)
 
 
 def check_fits_data(
