@@ -390,7 +390,10 @@ def _layer_table(model: nn.Module, data: DataBundle, device: torch.device) -> An
     """The fit header's compact layer table (``bptrain summary CONFIG`` shows it all).
 
     Computed before DDP/FSDP wrapping: a forward of a sharded model on rank 0 alone would hang.
+    None for a user dataset (samples of any structure: no input shape to make a batch from).
     """
+    if not data.spec.input_shape:
+        return None
     tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
     return render(summarize(model, example_batch(data.spec, device, tokens)), compact=True)
 
