@@ -6,8 +6,9 @@ torch is imported only by the modules that train, evaluate or inspect.
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["fit", "load_run"]
+from bptrain.version import __version__
+
+__all__ = ["__version__", "fit", "load_run"]
 
 
 def __getattr__(name: str) -> Any:

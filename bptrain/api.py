@@ -28,6 +28,7 @@ from bptrain.config import Config, load_config, validate_config
 from bptrain.errors import UserError
 from bptrain.losses import Objective, build_objective
 from bptrain.models import build_model
+from bptrain.predict import decode, forward_batches
 from bptrain.preprocess import Preprocessing, stored_preprocessing
 from bptrain.runtime import Precision, resolve_device
 
@@ -63,8 +64,6 @@ class LoadedRun:
         Returns numpy arrays: ``prediction`` (the user's labels for classification, values for
         regression), and for classification ``probabilities`` (N, [T,] C) and ``class_index``.
         """
-        from bptrain.predict import decode, forward_batches
-
         x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
         self.preprocessing.check_inputs(tuple(x.shape), "predict")
         outputs = forward_batches(self, x, batch_size)

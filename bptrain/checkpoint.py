@@ -57,6 +57,10 @@ class BackgroundWriter:
         self._raise_failures(wait=False)
         self._pending.append(self._pool.submit(write, state, path))
 
+    def busy(self) -> bool:
+        """A write is queued or under way (a signal arriving now must not force a stop)."""
+        return any(not f.done() for f in self._pending)
+
     def close(self) -> None:
         """Wait for every write (the run's exit must not lose the last one), then stop the thread."""
         try:
@@ -65,10 +69,11 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
     def _raise_failures(self, wait: bool) -> None:
-        done = [f for f in self._pending if wait or f.done()]
-        self._pending = [f for f in self._pending if f not in done]
-        for future in done:
-            future.result()
+        """Collect finished writes (all of them, waiting, with `wait`); the first failure is raised.
+        A write stays pending until it has finished: `busy` must see it while close waits."""
+        while self._pending and (wait or self._pending[0].done()):
+            self._pending[0].result()  # waits; raises the write's TrainingError
+            self._pending.pop(0)
 
 
 def host_copy(value: Any) -> Any:

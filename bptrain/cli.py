@@ -57,7 +57,7 @@ OverridesArg = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        from bptrain import __version__
+        from bptrain.version import __version__
 
         typer.echo(f"bptrain {__version__}")
         raise typer.Exit()

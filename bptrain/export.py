@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from bptrain.errors import TrainingError, UserError
+from bptrain.version import __version__
 
 if TYPE_CHECKING:
     from bptrain.api import LoadedRun
@@ -278,9 +279,7 @@ def _write_safetensors(
 ) -> None:
     from bptrain.checkpoint import save_safetensors
 
-    save_safetensors(
-        module.state_dict(), path, {"format": "pt", "bptrain": __import__("bptrain").__version__}
-    )
+    save_safetensors(module.state_dict(), path, {"format": "pt", "bptrain": __version__})
 
 
 def _run_safetensors(path: Path, run: LoadedRun) -> Callable[[torch.Tensor], np.ndarray]:

@@ -75,16 +75,21 @@ class StopFlag:
         self.signum: int | None = None
         self._saving = False
         self._previous: dict[int, Any] = {}
+        # a checkpoint still being written in the background (checkpoint.BackgroundWriter.busy)
+        self.writing: Callable[[], bool] = lambda: False
 
     def _handler(self, signum: int, frame: object) -> None:
-        forced = signum == signal.SIGINT and self.signum is not None and not self._saving
+        saving = self._saving or self.writing()
+        forced = signum == signal.SIGINT and self.signum is not None and not saving
         if self.signum is None:
             self.signum = signum
         if forced:  # second Ctrl-C while a step hangs: stop now, without saving
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[StopFlag]:
+    def installed(self, drain: Callable[[], None] | None = None) -> Iterator[StopFlag]:
+        """The handlers, for the `with` block. `drain` (waiting for background checkpoint writes)
+        runs before they are removed, so a signal during the last write is still only recorded."""
         try:
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)
@@ -93,9 +98,16 @@ class StopFlag:
         try:
             yield self
         finally:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-            self._previous = {}
+            try:
+                if drain is not None:
+                    drain()
+            finally:
+                self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,8 +22,20 @@ from bptrain.errors import UserError
 from bptrain.losses import Objective
 from bptrain.preprocess import Preprocessing
 
-if TYPE_CHECKING:
-    from bptrain.api import LoadedRun
+
+class LoadedRun(Protocol):
+    """What prediction needs of a run (``bptrain.api.LoadedRun`` is one); a protocol, so that this
+    module does not import the API that calls it."""
+
+    model: torch.nn.Module
+    device: torch.device
+    preprocessing: Preprocessing
+    objective: Objective
+    checkpoint: Path
+
+    @property
+    def precision(self) -> Any: ...
+
 
 OUTPUT_SUFFIXES = (".csv", ".npz", ".jsonl")
 PROGRESS_MIN_BATCHES = 20  # show a progress bar only when it is worth one

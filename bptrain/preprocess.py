@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bptrain.data import DataSpec
+from bptrain.data.bundle import DataSpec
 from bptrain.errors import UserError
 
 FORMAT = 1  # the version of the state/JSON layout below

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import torch
 
-import bptrain
 from bptrain.config import Config, to_dict
 from bptrain.data import Batches, DataSpec
 from bptrain.errors import UserError
 from bptrain.runtime import rng_state, set_rng_state
+from bptrain.version import __version__
 
 FORMAT_VERSION = 2
 
@@ -137,7 +137,7 @@ class RunState:
                 "target_shape": list(self.spec.target_shape),
             },
             # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
-            versions={"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
+            versions={"bptrain": __version__, "torch": str(torch.__version__)},
         )
         return state
 
@@ -146,7 +146,7 @@ class RunState:
         version = saved.get("format_version", 1)
         if version > FORMAT_VERSION:
             raise UserError(
-                f"{source} has checkpoint format {version}; this bptrain ({bptrain.__version__}) "
+                f"{source} has checkpoint format {version}; this bptrain ({__version__}) "
                 f"reads formats up to {FORMAT_VERSION}. Upgrade bptrain to resume it."
             )
         for key, part in self.parts.items():

@@ -37,7 +37,6 @@ import torch
 from rich.console import Console
 from torch import nn
 
-import bptrain
 from bptrain import distributed
 from bptrain.callbacks import CallbackList, RunInfo, build_callbacks
 from bptrain.checkpoint import (
@@ -77,6 +76,7 @@ from bptrain.runtime import Precision, seed_everything, sum_dtype
 from bptrain.steps import StepModule, UserStep, batch_size, check_user_step, to_device
 from bptrain.summary import bytes_per_rank, count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init
+from bptrain.version import __version__
 
 if TYPE_CHECKING:
     from bptrain.sharding import ShardedState
@@ -100,7 +100,8 @@ def fit(
     started = time.perf_counter()
     epoch_metrics: dict[str, Any] = {}
     try:
-        with run.stop.installed():
+        # exit waits for the last background checkpoint write, with the handlers still in place
+        with run.stop.installed(drain=run.writer.close if run.writer else None):
             while not run.finished():
                 run.model.train()
                 run.data.train.set_epoch(loop.epoch)
@@ -167,8 +168,6 @@ def fit(
         ) from None
     finally:
         progress.close()
-        if run.writer is not None:  # exit waits for the last checkpoint write
-            run.writer.close()
     return _finish(run, epoch_metrics, started)
 
 
@@ -261,7 +260,7 @@ class Run:
         """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
         meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
         weights = self.sharded.model_state if self.sharded else self.model.state_dict()
-        save_safetensors(weights, path, {**meta, "bptrain": bptrain.__version__})
+        save_safetensors(weights, path, {**meta, "bptrain": __version__})
 
 
 def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
@@ -290,11 +289,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     # FSDP shards the model in place: the optimizer comes after
     forward = _forward(cfg, parts, dist)
     optimizer = build_optimizer(cfg.optimizer, model)
-    sharded = None
-    if dist.enabled and cfg.trainer.strategy == "fsdp":
-        from bptrain.sharding import ShardedState  # imported here: only FSDP runs load FSDP
-
-        sharded = ShardedState(model, optimizer)
+    sharded = _sharded_state(model, optimizer) if cfg.trainer.strategy == "fsdp" else None
     total_steps = _total_steps(cfg, data.train)
     # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
     loop = LoopState(schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps)
@@ -374,6 +369,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         if record_layers and dist.is_main
         else None
     )
+    stop, writer = _signals_and_writer(ckpt.async_write and dist.is_main)
     return Run(
         cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective,
         step=parts.step, metrics=parts.metrics, callbacks=callbacks, model=model,
@@ -381,8 +377,8 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         schedule_interval=schedule_interval, precision=precision, loop=loop,
         total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
         best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
-        stop=StopFlag(), resumed_from=checkpoint_path, sharded=sharded,
-        writer=BackgroundWriter() if ckpt.async_write and dist.is_main else None,
+        stop=stop, resumed_from=checkpoint_path, sharded=sharded,
+        writer=writer,
     )  # fmt: skip
 
 
@@ -423,6 +419,25 @@ def _forward(cfg: Config, parts: Components, dist: distributed.Dist) -> nn.Modul
         cfg.trainer.precision,
         cfg.trainer.fsdp_blocks,
     )
+
+
+def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> ShardedState | None:
+    """FSDP: the full-state view checkpoints need (None in an unlaunched process: nothing sharded)."""
+    if not torch.distributed.is_initialized():
+        return None
+    from bptrain.sharding import ShardedState  # imported here: only FSDP runs load FSDP
+
+    return ShardedState(model, optimizer)
+
+
+def _signals_and_writer(background: bool) -> tuple[StopFlag, BackgroundWriter | None]:
+    """The stop-signal flag and, with trainer.checkpoint.async_write, the background writer: a
+    signal during a background write is only recorded, as during a write in the loop."""
+    stop = StopFlag()
+    writer = BackgroundWriter() if background else None
+    if writer is not None:
+        stop.writing = writer.busy
+    return stop, writer
 
 
 def _total_steps(cfg: Config, train: Batches) -> int:
@@ -741,7 +756,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
         "device": str(run.device),
         "distributed": run.dist.summary(cfg.data.batch_size, accumulate),
         "precision": cfg.trainer.precision,
-        "versions": {"bptrain": bptrain.__version__, "torch": str(torch.__version__)},
+        "versions": {"bptrain": __version__, "torch": str(torch.__version__)},
     }
     if run.dist.is_main:
         write_json(run.run_dir / "summary.json", summary)

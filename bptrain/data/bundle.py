@@ -4,16 +4,13 @@ seeded hold-out split that every source (in-memory arrays, image folders) uses f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from bptrain.data.loaders import Batches
 from bptrain.data.sources import Arrays
 from bptrain.errors import UserError
-
-if TYPE_CHECKING:
-    from bptrain.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -40,7 +37,9 @@ class DataBundle:
     val: Batches | None
     test: Batches | None
     spec: DataSpec
-    preprocessing: Preprocessing | None = None  # fitted on (or given for) the training split
+    # a bptrain.preprocess.Preprocessing, fitted on (or given for) the training split; not imported
+    # here, since preprocess builds on this module's DataSpec
+    preprocessing: Any = None
 
 
 def hold_out(

@@ -661,7 +661,7 @@ def render(runs: list[Run]) -> str:
         for sid, title in sections
     )
     names = ", ".join(run.label for run in runs)
-    from bptrain import __version__
+    from bptrain.version import __version__
 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
