@@ -314,6 +314,16 @@ class Split(str, Enum):
     test = "test"
 
 
+class AttackName(str, Enum):
+    fgsm = "fgsm"
+    pgd = "pgd"
+
+
+class NormName(str, Enum):
+    linf = "linf"
+    l2 = "l2"
+
+
 @app.command(name="eval")
 def evaluate(
     config: ConfigArg,
@@ -328,29 +338,110 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object to stdout and nothing else.")
     ] = False,
+    attack: Annotated[
+        AttackName | None,
+        typer.Option(
+            help="Also attack every sample (FGSM or PGD) and report robust accuracy, with sanity checks "
+            "that warn when the attack looks masked. See docs/robustness.md.",
+            show_default=False,
+        ),
+    ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Attack budget in raw input units (before data.normalize), e.g. 0.1 for pixels in [0, 1].",
+            show_default=False,
+        ),
+    ] = None,
+    epsilons: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated epsilons for the accuracy-vs-epsilon table, e.g. 0,0.05,0.1,0.2.",
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=0, help="PGD steps.")] = 10,
+    restarts: Annotated[
+        int, typer.Option(min=1, help="PGD random restarts (per sample, the worst counts).")
+    ] = 1,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="PGD step size in raw units (default 2.5 x epsilon / steps).", show_default=False
+        ),
+    ] = None,
+    norm: Annotated[NormName, typer.Option(help="Perturbation norm.")] = NormName.linf,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --attack: write the report as JSON here (default: robustness_<split>.json beside the checkpoint).",
+            show_default=False,
+        ),
+    ] = None,
+    plot: Annotated[
+        bool,
+        typer.Option(
+            "--plot",
+            help="With --attack: also write the accuracy-vs-epsilon curve as a PNG (needs matplotlib).",
+        ),
+    ] = False,
 ) -> None:
-    """Evaluate a saved model on the validation or test split of CONFIG's data."""
+    """Evaluate a saved model on the validation or test split of CONFIG's data; --attack adds robust accuracy."""
 
     def run() -> None:
         from bptrain.config import load_config
-        from bptrain.inference import evaluate_checkpoint
 
         cfg = load_config(config, overrides or [])
-        metrics = evaluate_checkpoint(cfg, checkpoint, split.value)
+        if attack is None:
+            if epsilons or epsilon is not None or plot:
+                raise UserError(
+                    "--epsilon, --epsilons and --plot need --attack fgsm or --attack pgd."
+                )
+            from bptrain.inference import evaluate_checkpoint
+
+            metrics = evaluate_checkpoint(cfg, checkpoint, split.value)
+            _print_metrics(metrics, as_json, f"{checkpoint} on {split.value}")
+            return
+        from bptrain.robustness import (
+            evaluate_checkpoint_robustness,
+            parse_epsilons,
+            print_report,
+            write_json,
+            write_png,
+        )
+
+        report = evaluate_checkpoint_robustness(
+            cfg,
+            checkpoint,
+            split.value,
+            attack.value,
+            epsilon,
+            parse_epsilons(epsilons) if epsilons else None,
+            steps,
+            restarts,
+            alpha,
+            norm.value,
+        )
+        path = out or checkpoint.parent / f"robustness_{split.value}.json"
+        write_json(report, path)
+        if plot:
+            write_png(report, path.with_suffix(".png"))
         if as_json:
             from bptrain.runlog import dumps
 
-            sys.stdout.write(dumps(metrics) + "\n")
+            sys.stdout.write(dumps(report) + "\n")
         else:
             from rich.console import Console
-            from rich.table import Table
 
-            table = Table(title=f"{checkpoint} on {split.value}")
-            table.add_column("metric")
-            table.add_column("value", justify="right")
-            for key, value in metrics.items():
-                table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-            Console().print(table)
+            console = Console()
+            print_report(report, console, f"{checkpoint} on {split.value}, {attack.value} attack")
+            console.print(
+                f"report: {path}" + (f", plot: {path.with_suffix('.png')}" if plot else "")
+            )
+        for warning in report["warnings"]:
+            _stderr_console().print(
+                f"[bold yellow]warning:[/bold yellow] {_escape(warning)}", soft_wrap=True
+            )
 
     _guarded(run)
 
@@ -499,6 +590,23 @@ def summary(
             Console(width=max(120, Console().width)).print(render(result))
 
     _guarded(run_command)
+
+
+def _print_metrics(metrics: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        from bptrain.runlog import dumps
+
+        sys.stdout.write(dumps(metrics) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
 
 
 class FailOn(str, Enum):

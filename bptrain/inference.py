@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from bptrain.checkpoint import load_checkpoint
 from bptrain.components import build_components
 from bptrain.config import Config
+from bptrain.data import Batches, DataBundle
 from bptrain.errors import UserError
 from bptrain.evaluate import evaluate
+from bptrain.losses import Objective
 from bptrain.preprocess import stored_preprocessing
 from bptrain.runtime import Precision, resolve_device, seed_everything
 from bptrain.transfer import load_into, load_weights
@@ -18,7 +22,16 @@ from bptrain.transfer import load_into, load_weights
 __all__ = ["evaluate_checkpoint", "load_into", "load_weights"]
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
+def load_model_and_split(
+    cfg: Config, checkpoint: Path, split: str
+) -> tuple[nn.Module, Batches, Objective, Precision, DataBundle]:
+    """The config's model with the checkpoint's weights, and the batches of one split."""
+    parts, batches, precision = _load(cfg, checkpoint, split)
+    return parts.model, batches, parts.objective, precision, parts.data
+
+
+def _load(cfg: Config, checkpoint: Path, split: str) -> tuple[Any, Batches, Precision]:
+    """The built components (checkpoint weights loaded), one split's batches, and the precision."""
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.seed, deterministic=False)
     # the checkpoint's weights replace any init_from; its preprocessing (fitted on the training
@@ -32,16 +45,19 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, 
             file=sys.stderr,
         )
     parts = build_components(cfg, device, init_weights=False, preprocessing=preprocessing)
-    data, objective, model = parts.data, parts.objective, parts.model
-    load_into(model, load_weights(checkpoint), checkpoint)
-    batches = data.val if split == "val" else data.test
+    load_into(parts.model, load_weights(checkpoint), checkpoint)
+    batches = parts.data.val if split == "val" else parts.data.test
     if batches is None:
         fraction = "data.val_fraction" if split == "val" else "data.test_fraction"
         raise UserError(
             f"the data has no {split} split; set {fraction} (or give x_{split}/y_{split} arrays) in the config."
         )
-    precision = Precision.create(cfg.trainer.precision, device)
-    metrics = evaluate(model, batches, objective, precision, split, parts.metrics)
+    return parts, batches, Precision.create(cfg.trainer.precision, device)
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Path, split: str) -> dict[str, Any]:
+    parts, batches, precision = _load(cfg, checkpoint, split)
+    metrics = evaluate(parts.model, batches, parts.objective, precision, split, parts.metrics)
     return {
         "split": split,
         "checkpoint": str(checkpoint),

@@ -38,6 +38,7 @@ from rich.console import Console
 from torch import nn
 
 from bptrain import distributed
+from bptrain.adversarial import AdversarialTraining, BatchLoss, build_adversarial
 from bptrain.callbacks import CallbackList, RunInfo, build_callbacks
 from bptrain.checkpoint import (
     BackgroundWriter,
@@ -127,6 +128,7 @@ def fit(
                         measure_grad_norm=log_now,
                         guard=run.guard,
                         layers=run.recorder,
+                        batch_loss=run.adversarial_loss(),
                     )
                     if not run.guard.last_skipped:  # a skipped step adds nothing to train/loss
                         epoch_loss += result.loss.to(epoch_loss.dtype) * result.samples
@@ -199,6 +201,7 @@ class Run:
     run_dir: Path
     log: RunLog | distributed.NullLog
     recorder: LogStepRecorder | None  # per-layer norms and histograms at log steps (TensorBoard)
+    adversarial: AdversarialTraining | None  # trainer.adversarial: attack each training batch
     stop: StopFlag
     resumed_from: Path | None
     sharded: ShardedState | None = None  # FSDP: the full state, gathered for checkpoints
@@ -220,6 +223,13 @@ class Run:
 
     def limits_reached(self) -> bool:
         return self.loop.epoch >= self.cfg.trainer.max_epochs or self.loop.step >= self.total_steps
+
+    def adversarial_loss(self) -> BatchLoss | None:
+        """This step's loss on attacked inputs (trainer.adversarial), or None for the plain loss.
+        A pure function of the step, so resume and DDP repeat the attack exactly."""
+        if self.adversarial is None:
+            return None
+        return self.adversarial.for_step(self.loop.step, self.model, self.objective, self.precision)
 
     def step_schedule(self) -> None:
         """Step a per-step LR schedule. Past its horizon (an extended run) the LR stays at its
@@ -297,6 +307,9 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     precision = Precision.create(cfg.trainer.precision, dist.device)
     forward = torch.compile(forward) if cfg.trainer.compile else forward
     _check_monitors(cfg, data)
+    adversarial = build_adversarial(  # exit 2 if the data cannot be attacked as configured
+        cfg.trainer.adversarial, data, cfg.seed, dist.rank, dist.world_size, parts.objective
+    )
 
     # a resumed run continues in its run directory; rank 0 names a new one, every rank uses it
     run_dir = run_dir_of(checkpoint_path) or distributed.broadcast(
@@ -379,6 +392,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
         stop=stop, resumed_from=checkpoint_path, sharded=sharded,
         writer=writer,
+        adversarial=adversarial,
     )  # fmt: skip
 
 
@@ -466,6 +480,7 @@ def train_step(
     measure_grad_norm: bool = False,
     guard: NonFiniteGuard | None = None,
     layers: LogStepRecorder | None = None,
+    batch_loss: BatchLoss | None = None,
 ) -> StepResult:
     """One optimizer step over an accumulation window.
 
@@ -474,6 +489,8 @@ def train_step(
     steps `layers` (if given) also records per-layer gradient norms and update-to-weight ratios.
     `objective.compute(model, batch)` is the micro-batch's loss: the built-in ``loss(model(x), y)``
     or the model's own ``training_step`` (``steps.UserStep``); everything around it is the same.
+    `batch_loss` (adversarial training) replaces ``objective.compute`` per (x, y) micro-batch;
+    autocast, loss scaling, accumulation and clipping stay here.
     """
     layers = layers if measure_grad_norm else None
     window = [to_device(batch, precision.device) for batch in window]  # (x, y) tuples or dicts
@@ -488,7 +505,10 @@ def train_step(
             # DDP: only the window's last backward all-reduces the accumulated gradients
             with distributed.no_sync(model, skip=i < len(window) - 1):
                 with precision.autocast():
-                    loss, logged = objective.compute(model, batch)
+                    if batch_loss is None:
+                        loss, logged = objective.compute(model, batch)
+                    else:  # adversarial training: the loss on attacked inputs (adversarial.py)
+                        loss, logged = batch_loss(model, batch[0], batch[1], i), {}
                     if n != window_samples:  # weight only when accumulating: x * 1.0 is x
                         loss = loss * (n / window_samples)
                 scaler.scale(loss).backward()

@@ -42,4 +42,10 @@ else
 fi
 
 pip_install -e ".${EXTRAS}"
+if [ -n "$EXTRAS" ]; then
+  # torchattacks: the independent PGD/FGSM the robustness tests compare against. --no-deps: its
+  # metadata pins torchvision (which would replace the CPU torch by a multi-GB CUDA build) and
+  # requests 2.25; the attacks use neither, and its imports (scipy, tqdm) are in the test extra.
+  pip_install --no-deps "torchattacks==3.5.1"
+fi
 echo "installed: $("$VENV/bin/bptrain" --version 2>/dev/null || echo bptrain) in $VENV (activate with: source $VENV/bin/activate)"

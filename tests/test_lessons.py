@@ -97,3 +97,28 @@ def test_shipped_config_reaches_its_documented_outcome(name, tmp_path):
 )
 def test_plain_rnn_fails_the_shipped_adding_problem(tmp_path):
     assert train("adding_problem", tmp_path, "model.cell=rnn")["val/loss"] > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("BPTRAIN_SLOW") != "1", reason="full-size runs: set BPTRAIN_SLOW=1"
+)
+def test_pgd_training_keeps_the_robust_accuracy_standard_training_loses(tmp_path):
+    """robust_digits.yaml as shipped and with trainer.adversarial=null, attacked with PGD-10 at
+    epsilon 0.1 on the test split (the table of docs/robustness.md)."""
+    from bptrain.robustness import evaluate_checkpoint_robustness
+
+    reports = {}
+    for name, extra in (("pgd", ()), ("standard", ("trainer.adversarial=null",))):
+        run_dir = tmp_path / name
+        overrides = [f"logging.run_dir={run_dir}", "logging.tensorboard=false", *extra]
+        cfg = load_config(CONFIGS / "robust_digits.yaml", overrides)
+        fit(cfg, Console(quiet=True))
+        (checkpoint,) = run_dir.glob("*/*/checkpoints/last.pt")
+        reports[name] = evaluate_checkpoint_robustness(
+            cfg, checkpoint, "test", "pgd", 0.1, [0.0, 0.1], 10, 1, None, "linf"
+        )
+    pgd, standard = reports["pgd"], reports["standard"]
+    assert standard["clean_acc"] > 0.93 and pgd["clean_acc"] > 0.88
+    assert pgd["robust_acc"] > 0.45 and standard["robust_acc"] < 0.1
+    assert pgd["warnings"] == [] and standard["warnings"] == []

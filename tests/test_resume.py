@@ -25,6 +25,27 @@ VARIANTS = {
         "trainer": {"max_epochs": 3, "precision": "fp16", "grad_clip": {"max_norm": 1.0}},
         "scheduler": {"name": "onecycle"},
     },
+    # adversarial training: the attack's random start is a function of (seed, step, micro-batch)
+    "adversarial-pgd-fp16-accumulate2": {
+        "trainer": {
+            "max_epochs": 3,
+            "precision": "fp16",
+            "accumulate_grad_batches": 2,
+            "adversarial": {
+                "method": "pgd",
+                "epsilon": 0.1,
+                "steps": 2,
+                "fraction": 0.5,
+                "warmup_steps": 4,
+            },
+        }
+    },
+    "adversarial-trades-l2": {
+        "trainer": {
+            "max_epochs": 3,
+            "adversarial": {"method": "trades", "epsilon": 0.3, "steps": 2, "norm": "l2"},
+        }
+    },
 }
 
 

@@ -22,6 +22,7 @@ The package imports pydantic and yaml but never torch: ``config validate`` and
 Import from here (``from bptrain.config import load_config``); the modules are the layout, not the API.
 """
 
+from bptrain.config.adversarial import AdversarialConfig
 from bptrain.config.base import KeyPath, Section
 from bptrain.config.data import (
     AddingData,
@@ -108,6 +109,7 @@ __all__ = [
     "AdagradOptimizer",
     "AdamOptimizer",
     "AddingData",
+    "AdversarialConfig",
     "BlobsData",
     "CNNModel",
     "CallbackConfig",

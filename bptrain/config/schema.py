@@ -61,6 +61,11 @@ class Config(Section):
             raise ValueError(
                 "optimizer lbfgs cannot run with precision fp16 (GradScaler does not support closures); use precision 32 or bf16"
             )
+        if self.trainer.adversarial is not None and getattr(self.model, "vocab_size", None):
+            raise ValueError(
+                "trainer.adversarial cannot attack token ids (model.vocab_size: the model embeds "
+                "integers, which have no gradient); remove trainer.adversarial, or feed real-valued inputs"
+            )
         return self
 
 

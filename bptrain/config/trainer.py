@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from bptrain.config.adversarial import AdversarialConfig
 from bptrain.config.base import Section
 
 # --------------------------------------------------------------------------- trainer
@@ -103,6 +104,8 @@ class TrainerConfig(Section):
     """On a non-finite loss or gradient: stop (write nan_report.json, keep the last good checkpoint, exit 1), skip the optimizer step (at most max_skipped_steps times), or ignore."""
     max_skipped_steps: int = Field(10, ge=0)
     """With nan_policy skip: stop (as `stop` does) once more steps than this were skipped in the run."""
+    adversarial: AdversarialConfig | None = None
+    """Adversarial training: attack each training batch (fgsm, pgd or trades) within epsilon, in raw input units. null (default): standard training. See docs/robustness.md."""
     activation_checkpointing: bool = False
     """Gradient checkpointing for the built-in mlp, cnn, cnn1d and transformer: keep only each block's input in the forward pass and recompute the block's activations in the backward pass. Less memory, about one extra forward pass of compute."""
 
@@ -124,6 +127,11 @@ class TrainerConfig(Section):
             raise ValueError(
                 "strategy fsdp cannot keep the best weights in memory "
                 "(early_stopping.restore_best_weights); use checkpoints/best.pt instead"
+            )
+        if self.adversarial is not None:
+            raise ValueError(
+                "strategy fsdp with adversarial is not supported yet (the attack's input-gradient "
+                "passes would run FSDP's gather/reduce hooks); use strategy ddp or auto"
             )
         return self
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bptrain.config import ImageFolderData
-from bptrain.data.bundle import DataBundle, DataSpec, hold_out
+from bptrain.data.bundle import DataBundle, DataSpec, InputSpace, hold_out
 from bptrain.data.images import build_imagefolder
 from bptrain.data.loaders import Batches, DataLoaderBatches, TensorBatches
 from bptrain.data.sources import Arrays, read_source
@@ -29,7 +29,7 @@ from bptrain.errors import UserError
 if TYPE_CHECKING:
     from bptrain.preprocess import Preprocessing
 
-__all__ = ["Batches", "DataBundle", "DataSpec", "build_data"]
+__all__ = ["Batches", "DataBundle", "DataSpec", "InputSpace", "build_data"]
 
 
 def build_data(
@@ -78,12 +78,22 @@ def build_data(
         raise UserError(
             "data.normalize would turn the token ids the model embeds into real numbers; set data.normalize=false."
         )
+    # raw units for adversarial attacks: the training inputs' range, before any standardisation
+    low, high = float(train[0].min()), float(train[0].max())
     mean = std = None
     if given is not None:  # the trained model's statistics, never these data's
         if given.mean is not None and given.std is not None:
             mean, std = given.mean.numpy(), given.std.numpy()
     elif cfg.normalize:  # type: ignore[attr-defined]
         mean, std = _feature_stats(train[0])
+    space = None
+    if not keep_tokens:
+        space = InputSpace(
+            low,
+            high,
+            None if mean is None else torch.as_tensor(np.asarray(mean, dtype=np.float32)),
+            None if std is None else torch.as_tensor(np.asarray(std, dtype=np.float32)),
+        )
     if mean is not None:
         train, val, test = (
             None if s is None else ((s[0] - mean) / std, s[1]) for s in (train, val, test)
@@ -142,6 +152,7 @@ def build_data(
         batches(test, False),
         spec,
         fitted,
+        space,
     )
 
 

@@ -1,4 +1,4 @@
-"""What a built data source hands the rest of bptrain: ``DataSpec``, ``DataBundle``, and the
+"""What a built data source hands the rest of bptrain: ``DataSpec``, ``InputSpace``, ``DataBundle``, and the
 seeded hold-out split that every source (in-memory arrays, image folders) uses for val/test."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from bptrain.data.loaders import Batches
 from bptrain.data.sources import Arrays
@@ -31,6 +32,36 @@ class DataSpec:
         return int(np.prod(self.input_shape))
 
 
+@dataclass(frozen=True)
+class InputSpace:
+    """The raw input units and how the model's (possibly normalised) inputs map back to them.
+
+    Adversarial attacks measure epsilon and clamp to the valid range in raw units (pixels in
+    [0, 1], say), whatever ``data.normalize`` did: ``to_raw`` undoes the normalisation,
+    ``to_model`` reapplies it. ``low``/``high`` are the smallest and largest raw value of the
+    training inputs (for image folders, [0, 1]).
+    """
+
+    low: float
+    high: float
+    mean: torch.Tensor | None = None  # shaped like one sample, broadcasting (per channel/feature)
+    std: torch.Tensor | None = None
+
+    @property
+    def range(self) -> float:
+        return self.high - self.low
+
+    def to_raw(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
 @dataclass
 class DataBundle:
     train: Batches
@@ -40,6 +71,7 @@ class DataBundle:
     # a bptrain.preprocess.Preprocessing, fitted on (or given for) the training split; not imported
     # here, since preprocess builds on this module's DataSpec
     preprocessing: Any = None
+    input_space: InputSpace | None = None  # None for token ids (not differentiable)
 
 
 def hold_out(

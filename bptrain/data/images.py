@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bptrain.config import ImageFolderData
-from bptrain.data.bundle import DataBundle, DataSpec, hold_out
+from bptrain.data.bundle import DataBundle, DataSpec, InputSpace, hold_out
 from bptrain.data.loaders import DataLoaderBatches
 from bptrain.errors import UserError
 
@@ -218,7 +218,10 @@ def build_imagefolder(
         image={"size": cfg.image_size, "grayscale": cfg.grayscale},
         source=cfg.source,
     )
-    return DataBundle(batches(train, True), batches(val, False), batches(test, False), spec, fitted)
+    space = InputSpace(0.0, 1.0, mean, std)  # load_image gives pixels in [0, 1]
+    return DataBundle(
+        batches(train, True), batches(val, False), batches(test, False), spec, fitted, space
+    )
 
 
 def _relabel(labels: np.ndarray, found: list[str], trained: list[str], root: Path) -> np.ndarray:

@@ -26,6 +26,7 @@ from bptrain.diagnostics.plot import plot, require_matplotlib
 from bptrain.diagnostics.render import print_report, sweep_table
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
+from bptrain.input_gradients import input_gradient_summary
 from bptrain.optim import build_optimizer
 from bptrain.runtime import resolve_device, seed_everything
 from bptrain.search_space import distinct, grid, is_multi_valued, parse_axes
@@ -97,6 +98,10 @@ def inspect_config(
 
     report = inspect_gradients(
         model, objective.loss, taken, make_optimizer=make_optimizer, options=options
+    )
+    # the gradient an adversarial attack follows: ∂L/∂x per sample, and what the loss is most sensitive to
+    report.input_gradient = input_gradient_summary(
+        model, taken, objective, data.input_space, device
     )
     return report, len(taken)
 

@@ -132,6 +132,10 @@ def summary_lines(report: Report) -> list[str]:
                 f"recurrent {rnn['module']}: ‖∂L/∂h_t‖ t=1..{len(norms)}: {fmt(norms[0])} ... "
                 f"{fmt(norms[-1])}; factor/step {fmt(rnn['factor_per_step'])}"
             )
+    if report.input_gradient is not None:
+        from bptrain.input_gradients import render_lines
+
+        lines.extend(render_lines(report.input_gradient))
     return lines
 
 

@@ -127,6 +127,9 @@ class Report:
     grad_check_error: dict[str, float] | None = None
     recurrent: list[dict[str, Any]] | None = None
     options: dict[str, bool] = field(default_factory=dict)
+    input_gradient: dict[str, Any] | None = (
+        None  # per-sample ‖∂L/∂x‖, top features (input_gradients.py)
+    )
 
     def worst_severity(self) -> Severity | None:
         ranked = sorted(self.flags, key=lambda f: SEVERITY_RANK[f.severity], reverse=True)
@@ -158,4 +161,6 @@ def to_json_dict(report: Report) -> dict[str, Any]:
         data.pop("curvature")
     if report.grad_check_error is None:
         data.pop("grad_check_error")
+    if report.input_gradient is None:
+        data.pop("input_gradient")
     return json_safe(data)
