@@ -373,15 +373,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if layers is not None:
         console.print(layers)
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
-    # per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
-    # Per-layer views of sharded gradients: not yet.
-    record_layers = cfg.logging.grad_norms or (cfg.logging.histograms and cfg.logging.tensorboard)
-    record_layers = record_layers and sharded is None
-    recorder = (
-        LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
-        if record_layers and dist.is_main
-        else None
-    )
+    recorder = _layer_recorder(cfg, model, sharded is not None, dist.is_main)
     stop, writer = _signals_and_writer(ckpt.async_write and dist.is_main)
     return Run(
         cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective,
@@ -394,6 +386,19 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         writer=writer,
         adversarial=adversarial,
     )  # fmt: skip
+
+
+def _layer_recorder(
+    cfg: Config, model: nn.Module, sharded: bool, is_main: bool
+) -> LogStepRecorder | None:
+    """Per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
+
+    Rank 0 records; per-layer views of sharded gradients: not yet.
+    """
+    record_layers = cfg.logging.grad_norms or (cfg.logging.histograms and cfg.logging.tensorboard)
+    if not record_layers or sharded or not is_main:
+        return None
+    return LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
 
 
 def _layer_table(model: nn.Module, data: DataBundle, device: torch.device) -> Any:
