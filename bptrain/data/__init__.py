@@ -78,22 +78,14 @@ def build_data(
         raise UserError(
             "data.normalize would turn the token ids the model embeds into real numbers; set data.normalize=false."
         )
-    # raw units for adversarial attacks: the training inputs' range, before any standardisation
-    low, high = float(train[0].min()), float(train[0].max())
+    raw_range = (float(train[0].min()), float(train[0].max()))  # before any standardisation
     mean = std = None
     if given is not None:  # the trained model's statistics, never these data's
         if given.mean is not None and given.std is not None:
             mean, std = given.mean.numpy(), given.std.numpy()
     elif cfg.normalize:  # type: ignore[attr-defined]
         mean, std = _feature_stats(train[0])
-    space = None
-    if not keep_tokens:
-        space = InputSpace(
-            low,
-            high,
-            None if mean is None else torch.as_tensor(np.asarray(mean, dtype=np.float32)),
-            None if std is None else torch.as_tensor(np.asarray(std, dtype=np.float32)),
-        )
+    space = None if keep_tokens else _input_space(raw_range, mean, std)
     if mean is not None:
         train, val, test = (
             None if s is None else ((s[0] - mean) / std, s[1]) for s in (train, val, test)
@@ -174,6 +166,18 @@ def _trained_spec(given: Preprocessing, found: DataSpec) -> DataSpec:
             f"{trained.num_classes} classes (0..{(trained.num_classes or 1) - 1})."
         )
     return trained
+
+
+def _input_space(
+    raw_range: tuple[float, float], mean: np.ndarray | None, std: np.ndarray | None
+) -> InputSpace:
+    """Raw units for adversarial attacks: the training inputs' range and the standardisation."""
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+    return InputSpace(
+        *raw_range,
+        None if mean is None else as_tensor(mean),
+        None if std is None else as_tensor(std),
+    )
 
 
 def _infer_spec(train: Arrays, others: list[Arrays]) -> DataSpec:
