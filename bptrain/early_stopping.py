@@ -123,6 +123,8 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "monitor": self.monitor,
+            "mode": self.mode,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "wait": self.wait,
@@ -131,6 +133,9 @@ class EarlyStopping:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = (state.get("monitor", self.monitor), state.get("mode", self.mode))
+        if saved != (self.monitor, self.mode):
+            return  # a resume changed what is watched: its best and patience start afresh
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch, self.reason = (
             state["wait"],

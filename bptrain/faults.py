@@ -227,11 +227,13 @@ class NonFiniteGuard:
                 {"first_nonfinite": "loss or gradient (lazy GPU check: layer not located)"},
             )
 
-    def check_epoch_loss(self, value: float) -> None:
+    def check_epoch_loss(self, value: float, metric: str = "train/loss") -> None:
+        """An epoch's loss (train/loss, val/loss) falls under nan_policy too: stop and skip fail
+        (a skipped step cannot undo an epoch), ignore goes on."""
         if self.policy != "ignore" and not math.isfinite(value):
+            what = "validation loss" if metric.startswith("val/") else "mean training loss"
             raise NonFinite(
-                f"the epoch's mean training loss is {value}",
-                {"first_nonfinite": "epoch train/loss"},
+                f"the epoch's {what} is {value}", {"first_nonfinite": f"epoch {metric}"}
             )
 
 

@@ -64,18 +64,47 @@ def run_dir_of(checkpoint: Path | None) -> Path | None:
     return checkpoint.parent.parent
 
 
+# What a resume may change. The model and the data define what the checkpoint's weights mean;
+# the optimizer and the LR schedule carry state (moments, the schedule's position) that only fits
+# the same settings, and torch's load_state_dict would silently put the saved hyperparameters
+# (lr, weight_decay, ...) back over changed ones. So those four sections must stay as they were.
+# trainer.precision may move between 32 and bf16, but not to or from fp16 (its GradScaler's loss
+# scale is state). Everything else may change: limits (max_epochs, max_steps), logging,
+# checkpoint cadence and monitor (top-k ranking restarts), early stopping, nan_policy, device.
+FIXED_SECTIONS = ("model", "data", "optimizer", "scheduler")
+
+
 def check_same_model_and_data(saved: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Refuse, before anything is built or written, a config whose model or data section changed."""
+    """Refuse, before anything is built or written, a config that changed what a resume must keep."""
     old_cfg, new_cfg = _with_todays_defaults(saved.get("config", {})), to_dict(cfg)
-    for section in ("model", "data"):
-        old, new = old_cfg.get(section, {}), new_cfg.get(section, {})
+    for section in FIXED_SECTIONS:
+        old, new = old_cfg.get(section), new_cfg.get(section)
         if old != new:
-            changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
             raise UserError(
-                f"cannot resume from {path}: the config's '{section}' section differs from the checkpoint's "
-                f"({', '.join(f'{section}.{k}' for k in changed)}). Resume with the same model and data "
-                "(limits such as trainer.max_epochs may change), or start a new run (model.init_from can start from its weights)."
+                f"cannot resume from {path}: the config's '{section}' section differs from the "
+                f"checkpoint's ({_changed(section, old, new)}). A resume keeps the model, data, "
+                "optimizer and scheduler sections (limits such as trainer.max_epochs may change); "
+                "to change them, start a new run (model.init_from can start from its weights)."
             )
+    old_precision = str(old_cfg.get("trainer", {}).get("precision", "32"))
+    new_precision = cfg.trainer.precision
+    if old_precision != new_precision and "fp16" in (old_precision, new_precision):
+        raise UserError(
+            f"cannot resume from {path}: trainer.precision was {old_precision}, now "
+            f"{new_precision}. fp16's loss scale is part of the run's state: resume with "
+            f"trainer.precision={old_precision} (32 and bf16 may be swapped), or start a new run "
+            "(model.init_from can start from its weights)."
+        )
+
+
+def _changed(section: str, old: Any, new: Any) -> str:
+    """The keys that differ, as dotted paths (or the whole values when one side is not a mapping)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return f"{section}: {old!r} -> {new!r}"
+    if "name" in old and old.get("name") != new.get("name"):  # another kind: its keys differ too
+        return f"{section}.name: {old['name']!r} -> {new.get('name')!r}"
+    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    return ", ".join(f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
 def _with_todays_defaults(config: dict[str, Any]) -> dict[str, Any]:

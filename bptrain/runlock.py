@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from bptrain.errors import UserError
 
@@ -23,17 +24,28 @@ OWNER_FILE = ".bptrain.lock.json"
 
 
 class RunDirLock:
-    """Hold `run_dir` for this process: `acquire()` refuses (exit 2) when another process holds it."""
+    """Hold `run_dir` for this process: `acquire()` refuses (exit 2) when another process holds it.
 
-    def __init__(self, run_dir: Path) -> None:
-        from filelock import FileLock  # a small import, but only fit needs it
+    ``RunDirLock(None)`` holds nothing: the DDP ranks other than 0 never write the run directory.
+    """
 
-        self.run_dir = Path(run_dir)
-        self._lock = FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
+    def __init__(self, run_dir: Path | None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self._lock: Any = None
+        if self.run_dir is not None:
+            from filelock import FileLock  # a small import, but only fit needs it
+
+            self._lock = FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None and self._lock.is_locked
 
     def acquire(self) -> RunDirLock:
         from filelock import Timeout
 
+        if self._lock is None or self.held:
+            return self
         try:
             self._lock.acquire()
         except Timeout:
@@ -43,13 +55,18 @@ class RunDirLock:
                 "run (without --resume)."
             ) from None
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        (self.run_dir / OWNER_FILE).write_text(json.dumps(owner) + "\n", encoding="utf-8")
+        try:
+            (self.run_dir / OWNER_FILE).write_text(json.dumps(owner) + "\n", encoding="utf-8")
+        except BaseException:  # a full disk: hand the lock back before failing
+            self._lock.release(force=True)
+            raise
         return self
 
     def release(self) -> None:
-        if self._lock.is_locked:
-            (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
-            self._lock.release()
+        """Idempotent: safe to call on every way out of fit."""
+        if self.held:
+            (self.run_dir / OWNER_FILE).unlink(missing_ok=True)  # type: ignore[operator]
+            self._lock.release(force=True)
 
     def __enter__(self) -> RunDirLock:
         return self.acquire()

@@ -54,9 +54,43 @@ def dumps(data: Any, indent: int | None = None) -> str:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically (tmp + rename): a failed write (a full disk) leaves the previous file and no tmp."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object written by ``write_json`` (None: missing, cut short or not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def last_epoch_metrics(run_dir: Path) -> dict[str, Any]:
+    """The values of the last epoch line in metrics.jsonl ({} when there is none): what a run
+    records as its final metrics, for a resume that trains no further epoch."""
+    last: dict[str, Any] = {}
+    try:
+        with (run_dir / "metrics.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                if '"epoch"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut by a kill
+                    continue
+                if isinstance(record, dict) and record.get("type") == "epoch":
+                    last = record
+    except OSError:
+        return {}
+    return {k: v for k, v in last.items() if k not in ("type", "step")}
 
 
 # TensorBoard tags that differ from the metrics.jsonl key: the epoch mean of the training loss

@@ -68,7 +68,8 @@ def join_to_width(parts: list[str], width: int, separator: str = " | ") -> str:
     return "\n".join(lines)
 
 
-def print_summary(console: Console, summary: dict[str, Any]) -> None:
+def print_summary(console: Console, summary: dict[str, Any], written: bool = True) -> None:
+    """The final/best table; ``written=False``: summary.json was kept as it was (a finished run)."""
     table = Table(title="bptrain summary", show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("final", justify="right")
@@ -85,7 +86,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     table.add_row("wall time", f"{summary['wall_time_s']:.1f} s", "")
     console.print(table)
-    console.print(f"wrote {summary['run_dir']}/summary.json", soft_wrap=True)
+    done = "wrote" if written else "kept"
+    console.print(f"{done} {summary.get('run_dir')}/summary.json", soft_wrap=True)
 
 
 def _fmt(value: Any) -> str:

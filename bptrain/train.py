@@ -26,10 +26,12 @@ by ``build_run`` into a ``Run``; ``fit`` is the loop over it.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -72,7 +74,8 @@ from bptrain.preprocess import stored_preprocessing
 from bptrain.progress import ConsoleProgress
 from bptrain.resume import load_resume, run_dir_of, version_warning
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
-from bptrain.runlog import RunLog, create_run_dir, write_json
+from bptrain.runlock import RunDirLock
+from bptrain.runlog import RunLog, create_run_dir, last_epoch_metrics, read_json, write_json
 from bptrain.runtime import Precision, seed_everything, sum_dtype
 from bptrain.steps import StepModule, UserStep, batch_size, check_user_step, to_device
 from bptrain.summary import bytes_per_rank, count_parameters, print_run_header, print_summary
@@ -92,7 +95,9 @@ def fit(
 
     ``pruning``: a search's trial (search.PruningReport): ``epoch_end(metrics)`` is called after
     each validated epoch is recorded and says whether to stop; the run then ends ``pruned``."""
-    run = build_run(cfg, console, resume)
+    run = build_run(cfg, console, resume)  # from here this process owns run_dir (runlock.py)
+    if run.recorded is not None:  # --resume of a run that had finished: nothing to train
+        return _already_finished(run)
     run.pruning = pruning
     loop, accumulate = run.loop, cfg.trainer.accumulate_grad_batches
     info = RunInfo(run.run_dir, to_dict(cfg), run.model, run.dist.world_size, loop.epoch, loop.step)
@@ -100,6 +105,7 @@ def fit(
     progress = ConsoleProgress(console, run.progress_mode, run.total_steps, cfg.trainer.max_epochs)
     started = time.perf_counter()
     epoch_metrics: dict[str, Any] = {}
+    trained = False  # the loop ended as planned: _finish still writes in the run directory
     try:
         # exit waits for the last background checkpoint write, with the handlers still in place
         with run.stop.installed(drain=run.writer.close if run.writer else None):
@@ -155,6 +161,7 @@ def fit(
                     run.save_last()
                     break
                 epoch_metrics = _end_of_epoch(run, progress, started)
+        trained = True
     except KeyboardInterrupt:  # a second Ctrl-C forced the stop: nothing saved, last.pt stands
         run.log.log(
             "event", loop.step, {"event": "interrupted", "signal": "SIGINT", "saved": False}
@@ -163,14 +170,15 @@ def fit(
     except NonFinite as err:
         raise _nan_failure(err, run) from None
     except OSError as err:  # metrics.jsonl, TensorBoard: a full disk is the usual suspect
-        last = run.run_dir / "checkpoints" / "last.pt"
-        raise TrainingError(
-            f"I/O error while training: {err}. "
-            f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
-        ) from None
+        raise _io_failure(err, run) from None
     finally:
         progress.close()
-    return _finish(run, epoch_metrics, started)
+        if not trained:  # failed or stopped: the run directory is free again
+            run.lock.release()
+    try:
+        return _finish(run, epoch_metrics, started)
+    finally:
+        run.lock.release()
 
 
 @dataclass
@@ -208,6 +216,9 @@ class Run:
     pruning: Any = None  # a search's trial: asked after each validation whether to stop
     pruned: bool = False
     writer: BackgroundWriter | None = None  # trainer.checkpoint.async_write
+    # held from the run directory's first write until fit ends: one process per run (runlock.py)
+    lock: RunDirLock = field(default_factory=lambda: RunDirLock(None))
+    recorded: dict[str, Any] | None = None  # a finished run's summary.json, when resumed as is
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +233,7 @@ class Run:
         return stopped or self.pruned or self.callbacks.agreed_stop or self.limits_reached()
 
     def limits_reached(self) -> bool:
-        return self.loop.epoch >= self.cfg.trainer.max_epochs or self.loop.step >= self.total_steps
+        return _limits_reached(self.cfg, self.loop, self.total_steps, len(self.data.train))
 
     def adversarial_loss(self) -> BatchLoss | None:
         """This step's loss on attacked inputs (trainer.adversarial), or None for the plain loss.
@@ -307,6 +318,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     precision = Precision.create(cfg.trainer.precision, dist.device)
     forward = torch.compile(forward) if cfg.trainer.compile else forward
     _check_monitors(cfg, data)
+    _check_monitored_names(cfg, parts)  # before the run directory exists
     adversarial = build_adversarial(  # exit 2 if the data cannot be attacked as configured
         cfg.trainer.adversarial, data, cfg.seed, dist.rank, dist.world_size, parts.objective
     )
@@ -356,16 +368,12 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         state.restore(saved, str(checkpoint_path))
         if (note := version_warning(saved, checkpoint_path)) is not None:  # type: ignore[arg-type]
             warn(note)
-        if dist.is_main and run_dir_of(checkpoint_path) is not None:
-            rewind_run_dir(run_dir, loop.metrics_bytes)  # drop what was logged after the checkpoint
-    if dist.is_main:
-        _writable(lambda: _write_run_files(run_dir, cfg, data))
-    log = (
-        _writable(
-            lambda: RunLog(run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow)
-        )
-        if dist.is_main
-        else distributed.NullLog()
+    finished = saved is not None and (  # resumed where the run had already stopped
+        (stopper is not None and stopper.should_stop)
+        or _limits_reached(cfg, loop, total_steps, len(data.train))
+    )
+    lock, log, recorded = _open_run_dir(
+        run_dir, cfg, data, dist.is_main, loop, run_dir_of(checkpoint_path) is not None, finished
     )
     print_run_header(
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
@@ -383,7 +391,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         total_steps=total_steps, guard=guard, tracker=tracker, stopper=stopper,
         best_weights=best_weights, state=state, run_dir=run_dir, log=log, recorder=recorder,
         stop=stop, resumed_from=checkpoint_path, sharded=sharded,
-        writer=writer,
+        writer=writer, lock=lock, recorded=recorded,
         adversarial=adversarial,
     )  # fmt: skip
 
@@ -411,6 +419,66 @@ def _layer_table(model: nn.Module, data: DataBundle, device: torch.device) -> An
         return None
     tokens = data.preprocessing is not None and data.preprocessing.integer_inputs
     return render(summarize(model, example_batch(data.spec, device, tokens)), compact=True)
+
+
+def _open_run_dir(
+    run_dir: Path,
+    cfg: Config,
+    data: DataBundle,
+    is_main: bool,
+    loop: LoopState,
+    resumed_here: bool,
+    finished: bool,
+) -> tuple[RunDirLock, RunLog | distributed.NullLog, dict[str, Any] | None]:
+    """Take the run directory (this process owns it until fit ends: runlock.py), then write:
+    cut metrics.jsonl back to the checkpoint, config.yaml, the log. Returns (lock, log, recorded).
+
+    Resuming a run that had finished and whose summary.json records this very checkpoint writes
+    nothing: ``recorded`` is that summary (on every rank), and fit returns it as it is.
+    """
+    lock, log, recorded = RunDirLock(None), distributed.NullLog(), None
+    if is_main:
+        lock = _writable(lambda: RunDirLock(run_dir).acquire())
+        try:
+            recorded = _recorded_summary(run_dir, loop) if finished and resumed_here else None
+            if recorded is None:
+                if resumed_here:  # drop what was logged after the checkpoint
+                    rewind_run_dir(run_dir, loop.metrics_bytes)
+                _writable(lambda: _write_run_files(run_dir, cfg, data))
+                log = _writable(
+                    lambda: RunLog(
+                        run_dir, cfg.logging.tensorboard, to_dict(cfg), cfg.logging.mlflow
+                    )
+                )
+        except BaseException:
+            lock.release()
+            raise
+    return lock, log, distributed.broadcast(recorded)
+
+
+def _recorded_summary(run_dir: Path, loop: LoopState) -> dict[str, Any] | None:
+    """summary.json, if it records the run as of the resumed checkpoint (not an older end:
+    a run extended, then killed after its last checkpoint, must still be finished and tested)."""
+    summary = read_json(run_dir / "summary.json")
+    if summary is None or (summary.get("epochs"), summary.get("steps")) != (loop.epoch, loop.step):
+        return None
+    return summary
+
+
+def _already_finished(run: Run) -> dict[str, Any]:
+    """fit on a run resumed after its end: say so, show what it recorded, change nothing."""
+    recorded = run.recorded or {}
+    if run.writer is not None:
+        run.writer.close()
+    run.lock.release()
+    print_summary(run.console, recorded, written=False)
+    run.console.print(
+        f"the run in {run.run_dir} had already finished ({recorded.get('stop_reason', 'done')}): "
+        "nothing to train, its files are unchanged. To train further, raise trainer.max_epochs "
+        "or trainer.max_steps (an early-stopped run stays stopped).",
+        soft_wrap=True,
+    )
+    return recorded
 
 
 def _write_run_files(run_dir: Path, cfg: Config, data: DataBundle) -> None:
@@ -460,9 +528,28 @@ def _signals_and_writer(background: bool) -> tuple[StopFlag, BackgroundWriter | 
 
 
 def _total_steps(cfg: Config, train: Batches) -> int:
+    """The run's optimizer steps: max_steps alone when max_epochs is not set (Lightning, HF)."""
+    if len(train) == 0:  # drop_last dropped the only, short batch: the run would train nothing
+        raise UserError(
+            f"data.batch_size {cfg.data.batch_size} is larger than the training split (this "
+            "process's share of it) and data.drop_last is true: every epoch would have 0 batches "
+            "and nothing would train. Lower data.batch_size or set data.drop_last: false."
+        )
     steps_per_epoch = math.ceil(len(train) / cfg.trainer.accumulate_grad_batches)
-    total = cfg.trainer.max_epochs * steps_per_epoch
-    return total if cfg.trainer.max_steps is None else min(total, cfg.trainer.max_steps)
+    max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
+    if max_epochs is None:  # config validation made sure max_steps is set then
+        return max_steps  # type: ignore[return-value]
+    total = max_epochs * steps_per_epoch
+    return total if max_steps is None else min(total, max_steps)
+
+
+def _limits_reached(cfg: Config, loop: LoopState, total_steps: int, batches: int) -> bool:
+    """max_epochs or max_steps reached. An epoch whose every batch has trained is ended first
+    (validation, its epoch line): a stop signal at its last step left it trained but not ended."""
+    max_epochs = cfg.trainer.max_epochs  # None: max_steps alone decides
+    if max_epochs is not None and loop.epoch >= max_epochs:
+        return True
+    return loop.step >= total_steps and loop.batch_in_epoch < batches
 
 
 class StepResult(NamedTuple):
@@ -689,6 +776,7 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     )
     if validated:
         metrics.update(_evaluate(run, run.data.val, "val", progress.validation))  # type: ignore[arg-type]
+        run.guard.check_epoch_loss(metrics["val/loss"], "val/loss")  # nan_policy, as train/loss
         if run.schedule_interval == "validation":
             run.scheduler.step(_monitored(metrics, cfg.scheduler.monitor))  # type: ignore[union-attr]
     if run.schedule_interval == "epoch":
@@ -739,9 +827,9 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
         run.log.log("event", loop.step, {"event": "stopped", "reason": stop_reason})
     else:
         status = "completed"
-        stop_reason = (
-            "max_epochs reached" if loop.epoch >= cfg.trainer.max_epochs else "max_steps reached"
-        )
+        max_epochs = cfg.trainer.max_epochs  # None: max_steps alone decided
+        by_epochs = max_epochs is not None and loop.epoch >= max_epochs
+        stop_reason = "max_epochs reached" if by_epochs else "max_steps reached"
     restored = run.best_weights.weights is not None
     if restored:  # early_stopping.restore_best_weights, however the run ended
         run.model.load_state_dict(run.best_weights.weights)  # type: ignore[arg-type]
@@ -762,7 +850,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
         "epochs": loop.epoch,
         "steps": loop.step,
         "wall_time_s": round(time.perf_counter() - started, 3),
-        "final": epoch_metrics,
+        "final": epoch_metrics or _recorded_final(run),
         "best": run.tracker.summary(),
         "early_stopping": None
         if stopper is None
@@ -784,12 +872,27 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
         "versions": {"bptrain": __version__, "torch": str(torch.__version__)},
     }
     if run.dist.is_main:
-        write_json(run.run_dir / "summary.json", summary)
+        try:
+            write_json(run.run_dir / "summary.json", summary)
+        except OSError as err:
+            raise _io_failure(err, run) from None
     run.callbacks.on_fit_end(summary)
     run.log.close(summary)
     print_summary(console, summary)
     _write_report(run)
     return summary
+
+
+def _recorded_final(run: Run) -> dict[str, Any]:
+    """A resume that trained no epoch (the run had finished before its summary was written):
+    the final metrics are those metrics.jsonl recorded for the last epoch."""
+    if run.resumed_from is None:
+        return {}
+    run.console.print(
+        "no epoch ended after this resume (the run had finished training): summary.json's "
+        "final metrics are the last epoch's in metrics.jsonl"
+    )
+    return last_epoch_metrics(run.run_dir) if run.dist.is_main else {}
 
 
 def _write_report(run: Run) -> None:
@@ -845,6 +948,38 @@ def _check_monitors(cfg: Config, data: DataBundle) -> None:
             )
 
 
+def _check_monitored_names(cfg: Config, parts: Components) -> None:
+    """Refuse a monitor the epoch line never holds: it would rank nothing (no best.pt, no top-k)
+    and stop nothing, and the run would end "completed" all the same.
+
+    The epoch line holds train/loss, val/loss and val/<key> of each metric (vector results as
+    val/<key>/<i>, dicts as val/<key>/<name>); a model's own validation_step may log any val/ name.
+    """
+    ckpt, es = cfg.trainer.checkpoint, cfg.trainer.early_stopping
+    monitors = {"trainer.early_stopping.monitor": es.monitor} if es is not None else {}
+    if ckpt.save_best or ckpt.save_top_k:
+        monitors["trainer.checkpoint.monitor"] = ckpt.monitor
+    if getattr(cfg.scheduler, "monitor", None):  # plateau, or a class_path on validation
+        monitors["scheduler.monitor"] = cfg.scheduler.monitor  # type: ignore[union-attr]
+    keys = ["train/loss", "val/loss", *(f"val/{key}" for key in parts.metrics.metrics)]
+    own_val_names = isinstance(parts.step, UserStep)
+    for where, name in monitors.items():
+        if name in keys or any(name.startswith(f"{key}/") for key in keys[2:]):
+            continue
+        if own_val_names and name.startswith("val/"):
+            continue
+        close = [  # as written, Keras style (val_loss), or without the val/ prefix (accuracy)
+            match
+            for guess in (name, name.replace("_", "/", 1), f"val/{name}")
+            for match in difflib.get_close_matches(guess, keys, n=1, cutoff=0.6)
+        ]
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(
+            f"{where} is '{name}', a metric this run never logs.{hint} Its epoch lines hold "
+            f"{', '.join(keys)} (each entry of metrics: adds val/<its key>)."
+        )
+
+
 def _writable(create: Any) -> Any:
     """Run a run-directory write; an unwritable or full disk becomes a clear message (exit 2), not a traceback."""
     try:
@@ -854,6 +989,19 @@ def _writable(create: Any) -> Any:
             f"cannot write the run directory: {err}. Set logging.run_dir to a writable directory "
             "with free space (or fix its permissions)."
         ) from None
+
+
+def _io_failure(err: OSError, run: Run) -> TrainingError:
+    """A failed write in the run directory (exit 1): what failed, the fix, what is safe."""
+    last = run.run_dir / "checkpoints" / "last.pt"
+    fix = (
+        " The disk is full: free space (or set logging.run_dir to a disk with room)"
+        if err.errno == errno.ENOSPC
+        else " Check that logging.run_dir is writable"
+    )
+    kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+    resume = ", then continue it with --resume auto." if last.exists() else "."
+    return TrainingError(f"I/O error while training: {err}.{fix}{kept}{resume}")
 
 
 def _interrupted(run: Run, signum: int) -> Interrupted:

@@ -72,10 +72,10 @@ class EarlyStoppingConfig(Section):
 
 
 class TrainerConfig(Section):
-    max_epochs: int = Field(10, ge=1)
-    """Stop after this many epochs."""
+    max_epochs: int | None = Field(10, ge=1)
+    """Stop after this many epochs. The default 10 applies unless only max_steps is set: then max_steps alone decides (as in Lightning and the Hugging Face Trainer) and max_epochs is null."""
     max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimizer steps, even mid-epoch (whichever limit comes first)."""
+    """Stop after this many optimizer steps, even mid-epoch (whichever limit comes first when both are set)."""
     device: str = "auto"
     """auto (cuda if available, then mps, else cpu), cpu, cuda, cuda:N or mps."""
     precision: Literal["32", "bf16", "fp16"] = "32"
@@ -113,6 +113,14 @@ class TrainerConfig(Section):
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _max_steps_alone_decides(self) -> TrainerConfig:
+        if self.max_steps is not None and "max_epochs" not in self.model_fields_set:
+            self.__dict__["max_epochs"] = None  # not the default 10: it would end the run first
+        if self.max_epochs is None and self.max_steps is None:
+            raise ValueError("set trainer.max_epochs or trainer.max_steps: a run needs a limit")
+        return self
 
     @model_validator(mode="after")
     def _fsdp_combinations(self) -> TrainerConfig:
