@@ -52,10 +52,11 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bptrain-checkpoint")
         self._pending: list[Any] = []
 
-    def submit(self, write: Any, state: dict[str, Any], path: Path) -> None:
-        """Queue ``write(state, path)`` (``save_checkpoint``) behind the writes already queued."""
+    def submit(self, write: Any, *args: Any) -> None:
+        """Queue ``write(*args)`` (``save_checkpoint(state, path)``, a link, a removal) behind the
+        writes already queued."""
         self._raise_failures(wait=False)
-        self._pending.append(self._pool.submit(write, state, path))
+        self._pending.append(self._pool.submit(write, *args))
 
     def busy(self) -> bool:
         """A write is queued or under way (a signal arriving now must not force a stop)."""
@@ -292,11 +293,14 @@ class CheckpointTracker:
         step: int,
         make_state: Any,
         export_best: Any = None,
+        writer: BackgroundWriter | None = None,
     ) -> bool:
         """Rank this epoch's metrics; write what is due. Returns True when this is the new best.
 
         `make_state()` builds the checkpoint dict (called at most once, after the tracker's own
         state is updated so the files record it); `export_best(path)` writes best.safetensors.
+        With a `writer` (trainer.checkpoint.async_write) the files are written by its thread, in
+        order, from a host copy of the state, as last.pt is: the loop does not wait on the disk.
         """
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
@@ -310,17 +314,21 @@ class CheckpointTracker:
         if entry is None and not (improved and self.save_best):
             return improved  # nothing to write
         state = make_state()  # after the bookkeeping above, so the files record it
+        if writer is not None:
+            state, do = host_copy(state), writer.submit
+        else:
+            do = _now
         if entry is not None:
-            save_checkpoint(state, self.directory / entry["file"])
+            do(save_checkpoint, state, self.directory / entry["file"])
         if improved and self.save_best:
             if entry is not None:
-                link_or_copy(self.directory / entry["file"], self.directory / "best.pt")
+                do(link_or_copy, self.directory / entry["file"], self.directory / "best.pt")
             else:
-                save_checkpoint(state, self.directory / "best.pt")
+                do(save_checkpoint, state, self.directory / "best.pt")
             if export_best is not None:
                 export_best(self.directory / "best.safetensors")
         for old in evicted:
-            (self.directory / old["file"]).unlink(missing_ok=True)
+            do(_remove, self.directory / old["file"])
         return improved
 
     def _rank(self, value: float, epoch: int, step: int) -> tuple[dict | None, list[dict]]:
@@ -371,6 +379,14 @@ class CheckpointTracker:
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.best_step, self.best_metrics = state["best_step"], state["best_metrics"]
         self.top_k = [e for e in state["top_k"] if (self.directory / e["file"]).is_file()]
+
+
+def _now(write: Any, *args: Any) -> None:
+    write(*args)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def rewind_run_dir(run_dir: Path, metrics_bytes: int | None) -> None:

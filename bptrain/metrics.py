@@ -16,6 +16,14 @@ Every metric receives the same ``(preds, target)``:
 
 A ``class_path`` metric (any ``torchmetrics.Metric``) gets exactly these, so the user's
 own metric needs no adapter. torchmetrics is imported lazily: ``bptrain --help`` stays fast.
+
+The two default metrics, ``accuracy`` and ``mae``, are the exception: ``Accuracy`` and
+``MeanAbsoluteError`` below count them without importing torchmetrics, whose import costs
+about 2 s of CPU (it imports scipy.signal), a quarter of a short run, for a count every
+hand-written loop makes. They give the same values, bit for bit, as torchmetrics'
+``MulticlassAccuracy(average="micro")`` and ``MeanAbsoluteError`` (same operations, same
+float32 arithmetic, the same all-gather-then-sum over ranks); ``tests/test_metrics_light.py``
+pins that. Every other metric is torchmetrics'.
 """
 
 from __future__ import annotations
@@ -115,7 +123,8 @@ class EvalMetrics:
         self.tables = {}
         if not self.updated and self.empty is not None:
             for metric in self.metrics.values():
-                if any(isinstance(d, list) for d in metric._defaults.values()):
+                defaults = getattr(metric, "_defaults", {})  # torchmetrics' states
+                if any(isinstance(d, list) for d in defaults.values()):
                     metric.update(*(t.to(metric.device) for t in self.empty))
         with (
             warnings.catch_warnings()
@@ -169,8 +178,6 @@ def build_metrics(
     Each entry is a ``metrics:`` config item: a built-in ``name`` with options, or a
     ``class_path`` + ``init_args`` naming any ``torchmetrics.Metric``.
     """
-    import torchmetrics
-
     if entries is None:
         entries = [_Named(name) for name in DEFAULT_METRICS.get(task or "", ())]
     built: dict[str, Any] = {}
@@ -182,6 +189,8 @@ def build_metrics(
                 f"{where} would be logged as '{key}' like an earlier metric; give it another log_as."
             )
         if getattr(entry, "class_path", None):
+            import torchmetrics
+
             cls = resolve(entry.class_path, f"{where}.class_path", base=torchmetrics.Metric)
             built[key] = instantiate(cls, f"{where}.class_path", entry.class_path, entry.init_args)
         else:
@@ -207,9 +216,6 @@ class _Named:
 
 
 def _builtin(entry: Any, where: str, task: str | None, num_classes: int | None, outputs: int):
-    from torchmetrics import classification as tc
-    from torchmetrics import regression as tr
-
     name = entry.name
     classes = getattr(entry, "num_classes", None) or num_classes
     if name in CLASSIFICATION_METRICS:
@@ -223,6 +229,10 @@ def _builtin(entry: Any, where: str, task: str | None, num_classes: int | None, 
                 f"{where}: '{name}' needs the number of classes, which the data does not tell; "
                 f"set {where}.num_classes (or data.num_classes)."
             )
+        if name == "accuracy":
+            return Accuracy()
+        from torchmetrics import classification as tc
+
         average = getattr(entry, "average", "macro")
         multiclass: dict[str, Callable[[], Any]] = {
             "accuracy": lambda: tc.MulticlassAccuracy(classes, average="micro"),
@@ -242,13 +252,83 @@ def _builtin(entry: Any, where: str, task: str | None, num_classes: int | None, 
             f"{where}: '{name}' is a regression metric, but the data has class labels. "
             f"For classification use one of: {', '.join(CLASSIFICATION_METRICS)}."
         )
+    if name == "mae":
+        return MeanAbsoluteError()
+    from torchmetrics import regression as tr
+
     regression: dict[str, Callable[[], Any]] = {
-        "mae": tr.MeanAbsoluteError,
         "rmse": lambda: tr.MeanSquaredError(squared=False, num_outputs=1),
         "r2": lambda: tr.R2Score(multioutput="uniform_average"),
         "mape": tr.MeanAbsolutePercentageError,
     }
     return regression[name]()
+
+
+class _Counts:
+    """A metric whose states are sums (counts, sums of errors): ``update`` adds to them,
+    ``compute`` sums them over ranks (all-gather, then a sum in rank order, as torchmetrics
+    does) and divides. The light twin of a ``torchmetrics.Metric`` for the default metrics."""
+
+    _dtypes: dict[str, torch.dtype] = {}  # noqa: RUF012  state name -> dtype
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.reset()
+
+    def to(self, device: torch.device | str) -> _Counts:
+        self.device = torch.device(device)
+        self.states = {k: v.to(self.device) for k, v in self.states.items()}
+        return self
+
+    def reset(self) -> None:
+        self.states = {
+            k: torch.zeros((), dtype=d, device=self.device) for k, d in self._dtypes.items()
+        }
+
+    def _synced(self) -> dict[str, torch.Tensor]:
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.states
+        synced = {}
+        for key, value in self.states.items():
+            gathered = [torch.zeros_like(value) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, value)
+            synced[key] = torch.stack(gathered).sum(dim=0)
+        return synced
+
+
+class Accuracy(_Counts):
+    """Top-1 accuracy over all samples: what ``MulticlassAccuracy(average="micro")`` computes
+    (the argmax of the class probabilities against the target; correct / samples in float32)."""
+
+    _dtypes = {"correct": torch.int64, "total": torch.int64}  # noqa: RUF012
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.ndim == target.ndim + 1:
+            preds = preds.argmax(dim=1)
+        self.states["correct"] += (preds.flatten() == target.flatten()).sum()
+        self.states["total"] += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        s = self._synced()
+        correct, total = s["correct"].float(), s["total"].float()
+        return torch.where(total != 0, correct / total, torch.zeros((), device=self.device))
+
+
+class MeanAbsoluteError(_Counts):
+    """The mean absolute error over all values: what torchmetrics' ``MeanAbsoluteError`` computes
+    (per batch the float32 sum of ``|preds - target|``, summed over batches, over the count)."""
+
+    _dtypes = {"sum_abs_error": torch.float32, "total": torch.int64}  # noqa: RUF012
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        preds, target = preds.reshape(-1), target.reshape(-1)
+        self.states["sum_abs_error"] += torch.sum(torch.abs(preds - target), dim=0)
+        self.states["total"] += target.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        s = self._synced()
+        return s["sum_abs_error"] / s["total"]
 
 
 def _no_checks(make: Callable[[], Any]) -> Any:

@@ -277,11 +277,19 @@ class Run:
             # rank 0 only (CallbackList.enabled); with async_write the file may still be in flight
             self.callbacks.on_checkpoint(path)
 
-    def export(self, path: Path) -> None:
-        """The model's weights as .safetensors (best.safetensors, last.safetensors)."""
+    def export(self, path: Path, background: bool = False) -> None:
+        """The model's weights as .safetensors (best.safetensors, last.safetensors); `background`:
+        through the async checkpoint writer when there is one, from a host copy taken now."""
         meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
         weights = self.sharded.model_state if self.sharded else self.model.state_dict()
-        save_safetensors(weights, path, {**meta, "bptrain": __version__})
+        meta["bptrain"] = __version__
+        if background and self.writer is not None:
+            self.writer.submit(save_safetensors, host_copy(weights), path, meta)
+        else:
+            save_safetensors(weights, path, meta)
+
+    def export_best(self, path: Path) -> None:
+        self.export(path, background=True)
 
 
 def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
@@ -657,6 +665,8 @@ def clip_and_measure(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Clip as configured. Returns (the pre-clip total norm, the norm clipping by norm left), each
     None when neither clipping nor `measure` needed it. The norm is the configured p-norm when clipping."""
+    if clip is None and not measure:  # most steps: nothing to do
+        return None, None
     by_norm = clip is not None and clip.max_norm is not None
     grads = [p for p in model.parameters() if p.grad is not None]
     norm = clipped = None
@@ -795,7 +805,9 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
         run.callbacks.on_validation_end(loop.epoch, loop.step, metrics)
     run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
     if run.dist.is_main:
-        best = run.tracker.update(metrics, loop.epoch, loop.step, run.checkpoint, run.export)
+        best = run.tracker.update(
+            metrics, loop.epoch, loop.step, run.checkpoint, run.export_best, run.writer
+        )
         if best and cfg.trainer.checkpoint.save_best:
             run.callbacks.on_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.pruned = validated and run.pruning is not None and run.pruning.epoch_end(metrics)

@@ -47,7 +47,7 @@ class CheckpointConfig(Section):
     every_n_steps: int | None = Field(None, ge=1)
     """Also write last.pt every N optimizer steps, mid-epoch (for long epochs and preemptible jobs)."""
     async_write: bool = True
-    """Write last.pt on a background thread: the loop only waits for the copy of the state to host memory, not for the disk. The write is still atomic (a kill during it leaves the previous last.pt), writes happen in order, and the run waits for the last one before it exits. false writes in the loop."""
+    """Write last.pt (and best.pt, best.safetensors, top-k files) on a background thread: the loop only waits for the copy of the state to host memory, not for the disk. The write is still atomic (a kill during it leaves the previous last.pt), writes happen in order, and the run waits for the last one before it exits. false writes in the loop."""
 
 
 class EarlyStoppingConfig(Section):
