@@ -31,6 +31,10 @@ def build_model(kind: str, in_shape: tuple[int, ...], num_classes: int, hidden: 
         from bench_models import SmallCNN  # scripts/ is on sys.path when this file runs
 
         return SmallCNN(in_shape[0], in_shape[1], num_classes)
+    if kind == "cnn1d":
+        from bench_models import SmallCNN1d
+
+        return SmallCNN1d(in_shape[0], in_shape[1], num_classes)
     layers: list[nn.Module] = []
     width = int(np.prod(in_shape))
     for h in hidden:
@@ -47,7 +51,7 @@ def build_model(kind: str, in_shape: tuple[int, ...], num_classes: int, hidden: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="npz with x, y, x_val, y_val")
-    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    parser.add_argument("--model", choices=["mlp", "cnn", "cnn1d"], default="mlp")
     parser.add_argument("--hidden", default="256,256")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -33,6 +33,10 @@ class Row:
     ok: bool | None = None
     note: str = ""
     pair_ratio: float | None = None  # set when pairs of runs give a better ratio than two medians
+    lightning: float | None = None  # the budget section's third column
+    lightning_ratio: float | None = None  # Lightning / hand-written, median of per-rep ratios
+    lightning_note: str = ""
+    load: str = ""  # the load average while the row was measured
 
     @property
     def ratio(self) -> float | None:
@@ -152,6 +156,25 @@ def fmt(value: float | None, unit: str) -> str:
     if unit == "syncs":
         return f"{value:.0f}"
     return f"{value:.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+
+
+def budget_table(rows: list[Row]) -> str:
+    """The budget rows side by side: hand-written, bptrain, Lightning, the ratios, the load."""
+    lines = [
+        "| workload | measure | hand-written | bptrain | Lightning | bptrain / hand-written | "
+        "Lightning / hand-written | budget | load average |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        ratio = "-" if r.ratio is None else f"{r.ratio:.3f}"
+        pl_ratio = "-" if r.lightning_ratio is None else f"{r.lightning_ratio:.3f}"
+        pl = fmt(r.lightning, r.unit) if r.lightning is not None else (r.lightning_note or "-")
+        budget = r.budget + ("" if r.ok is None else (" ok" if r.ok else " MISSED"))
+        lines.append(
+            f"| {r.section} | {r.name} | {fmt(r.handwritten, r.unit)} | {fmt(r.bptrain, r.unit)} | "
+            f"{pl} | {ratio} | {pl_ratio} | {budget} | {r.load} |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[Row]) -> str:
