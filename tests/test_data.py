@@ -140,3 +140,28 @@ def test_shards_split_evaluation_exactly_and_training_evenly():
     assert sorted(seen[0] + seen[1]) == list(range(11))  # every sample exactly once
     trains = [TensorBatches(x, y, rank=r, even_shards=True, **common) for r in range(2)]
     assert len(trains[0]) == len(trains[1]) and trains[0].num_samples == trains[1].num_samples == 5
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_tensor_and_dataloader_loaders_batch_and_shard_a_split_alike(write_config, tmp_path, rank):
+    """Both loaders take their batching and sharding from one place (``split_arguments``)."""
+    np.savez(tmp_path / "d.npz", x=np.arange(45, dtype=np.float32)[:, None], y=np.arange(45) % 3)
+    text = (
+        f"data: {{source: npz, path: {tmp_path / 'd.npz'}, val_fraction: 0.2, batch_size: 4, "
+        "drop_last: true, loader: LOADER}\n"
+    )
+
+    def splits(loader: str) -> list[list[list[float]]]:
+        cfg = load_config(write_config(text=text.replace("LOADER", loader)))
+        data = build_data(cfg.data, seed=7, device=CPU, rank=rank, world_size=2)
+        first_val = [b[0].flatten().tolist() for b in data.val]
+        data.train.set_epoch(1)
+        data.val.set_epoch(1)
+        batches = [[b[0].flatten().tolist() for b in split] for split in (data.train, data.val)]
+        assert batches[1] == first_val  # evaluation is never shuffled
+        return batches
+
+    train, val = splits("tensor")
+    assert splits("dataloader") == [train, val]
+    assert len(train) == 4 and all(len(b) == 4 for b in train)  # 36 // 2 ranks = 18: 2 dropped
+    assert sum(len(b) for b in val) == (5 if rank == 0 else 4)  # the 9 val samples, none dropped

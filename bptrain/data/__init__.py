@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from bptrain.config import ImageFolderData
 from bptrain.data.bundle import DataBundle, DataSpec, InputSpace, hold_out
 from bptrain.data.images import build_imagefolder
-from bptrain.data.loaders import Batches, DataLoaderBatches, TensorBatches
+from bptrain.data.loaders import Batches, TensorBatches, dataloader_batches, split_arguments
 from bptrain.data.sources import Arrays, read_source
 from bptrain.errors import UserError
 
@@ -118,25 +118,15 @@ def build_data(
         if arrays is None:
             return None
         x, y = to_tensors(arrays)
-        common = dict(
-            batch_size=cfg.batch_size,  # type: ignore[attr-defined]
-            shuffle=training and cfg.shuffle,  # type: ignore[attr-defined]
-            drop_last=training and cfg.drop_last,  # type: ignore[attr-defined]
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            even_shards=training,
-        )
         if cfg.loader == "dataloader":  # type: ignore[attr-defined]
-            return DataLoaderBatches(
-                TensorDataset(x, y),
-                num_workers=cfg.num_workers,
-                pin_memory=device.type == "cuda",
-                **common,
-            )  # type: ignore[attr-defined,arg-type]
+            return dataloader_batches(
+                TensorDataset(x, y), cfg, training, seed, device, rank, world_size
+            )
         return TensorBatches(
-            _to_device_if_it_fits(x, device), _to_device_if_it_fits(y, device), **common
-        )  # type: ignore[arg-type]
+            _to_device_if_it_fits(x, device),
+            _to_device_if_it_fits(y, device),
+            **split_arguments(cfg, training, seed, rank, world_size),
+        )
 
     return DataBundle(
         batches(train, True),  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from bptrain.config import ImageFolderData
 from bptrain.data.bundle import DataBundle, DataSpec, InputSpace, hold_out
-from bptrain.data.loaders import DataLoaderBatches
+from bptrain.data.loaders import DataLoaderBatches, dataloader_batches
 from bptrain.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -197,17 +197,8 @@ def build_imagefolder(
         dataset = ImageFiles(
             [Path(p) for p in split[0]], split[1], cfg, mean, std, augment=training, seed=seed
         )
-        return ImageBatches(
-            dataset,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            batch_size=cfg.batch_size,
-            shuffle=training and cfg.shuffle,
-            drop_last=training and cfg.drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            even_shards=training,
+        return dataloader_batches(
+            dataset, cfg, training, seed, device, rank, world_size, kind=ImageBatches
         )
 
     fitted = preprocessing or Preprocessing(

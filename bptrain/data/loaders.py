@@ -163,3 +163,44 @@ class DataLoaderBatches(_Sharded):
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1),
         )
         yield from loader
+
+
+def split_arguments(
+    cfg: Any, training: bool, seed: int, rank: int, world_size: int
+) -> dict[str, Any]:
+    """How one split is batched and sharded, from the ``data`` section: the same for every loader.
+
+    Only training shuffles and drops the last short batch, and only training cuts equal shards
+    (every rank must take the same number of steps); evaluation shards stay complete.
+    """
+    return {
+        "batch_size": cfg.batch_size,
+        "shuffle": training and cfg.shuffle,
+        "drop_last": training and cfg.drop_last,
+        "seed": seed,
+        "rank": rank,
+        "world_size": world_size,
+        "even_shards": training,
+    }
+
+
+def dataloader_batches(
+    dataset: Dataset,
+    cfg: Any,
+    training: bool,
+    seed: int,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    kind: type[DataLoaderBatches] = DataLoaderBatches,
+) -> DataLoaderBatches:
+    """``kind`` (a ``DataLoaderBatches``) over one split: ``data.num_workers`` workers, memory
+    pinned when batches go to a GPU, batching and sharding as ``split_arguments`` says."""
+    return kind(
+        dataset,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_fn,
+        **split_arguments(cfg, training, seed, rank, world_size),
+    )

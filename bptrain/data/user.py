@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from bptrain.class_path import describe, instantiate, resolve
 from bptrain.data.bundle import DataBundle, DataSpec
-from bptrain.data.loaders import DataLoaderBatches
+from bptrain.data.loaders import DataLoaderBatches, dataloader_batches
 from bptrain.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -88,18 +88,8 @@ def build_user_data(cfg: Any, seed: int, device: torch.device, rank: int, world_
     def batches(dataset: Dataset | None, training: bool) -> DataLoaderBatches | None:
         if dataset is None:
             return None
-        return DataLoaderBatches(
-            dataset,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            collate_fn=collate,
-            batch_size=cfg.batch_size,
-            shuffle=training and cfg.shuffle,
-            drop_last=training and cfg.drop_last,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-            even_shards=training,
+        return dataloader_batches(
+            dataset, cfg, training, seed, device, rank, world_size, collate_fn=collate
         )
 
     return DataBundle(
