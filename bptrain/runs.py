@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from bptrain.config_diff import differences, flatten
 from bptrain.errors import UserError
 
 IGNORED_PREFIXES = ("logging.",)
@@ -58,20 +59,6 @@ def find_run_dirs(root: Path) -> list[Path]:
         if (run / "metrics.jsonl").exists() or (run / "summary.json").exists():
             found.append(run)
     return found
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole (they are one value: model.hidden=[64, 64])."""
-    if not isinstance(data, dict):
-        return {prefix: data} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
-    return out
 
 
 def _numbers(record: dict[str, Any] | None) -> dict[str, float]:
@@ -140,16 +127,11 @@ def read_run(path: Path) -> RunInfo:
 
 def differing_keys(runs: list[RunInfo]) -> list[str]:
     """Config keys whose value is not the same in every run (a key missing in some run differs)."""
-    keys = list(dict.fromkeys(k for r in runs for k in r.config))
-    missing = object()
-    out = []
-    for key in keys:
-        if key.startswith(IGNORED_PREFIXES):
-            continue
-        values = {json.dumps(r.config.get(key, missing), default=str, sort_keys=True) for r in runs}
-        if len(values) > 1:
-            out.append(key)
-    return out
+    return [
+        key
+        for key in differences([run.config for run in runs])
+        if not key.startswith(IGNORED_PREFIXES)
+    ]
 
 
 def _short(value: Any) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bptrain.config_diff import differences, flatten
 from bptrain.errors import UserError
 from bptrain.layerlog import FILENAME as LAYER_LOG
 from bptrain.layerlog import LayerLog, read_layer_log
@@ -210,27 +211,11 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay whole (they are one value in a config)."""
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat if flat or not prefix else {prefix[:-1]: {}}
-    return {prefix[:-1]: data}
-
-
 def config_differences(runs: list[Run]) -> dict[str, list[Any]]:
-    """Dotted config keys whose values differ between the runs (a missing key counts as different)."""
-    flats = [flatten(run.config or {}) for run in runs]
-    keys = sorted({k for flat in flats for k in flat})
-    missing = object()
-    diff = {}
-    for key in keys:
-        values = [flat.get(key, missing) for flat in flats]
-        if any(v != values[0] for v in values[1:]):
-            diff[key] = [None if v is missing else v for v in values]
-    return diff
+    """Dotted config keys whose values differ between the runs (a missing key counts as different),
+    sorted, with each run's value."""
+    diff = differences([flatten(run.config or {}) for run in runs])
+    return dict(sorted(diff.items()))
 
 
 def label_runs(runs: list[Run]) -> None:
