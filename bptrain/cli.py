@@ -402,43 +402,24 @@ def evaluate(
             metrics = evaluate_checkpoint(cfg, checkpoint, split.value)
             _print_metrics(metrics, as_json, f"{checkpoint} on {split.value}")
             return
-        from bptrain.robustness import (
-            evaluate_checkpoint_robustness,
-            parse_epsilons,
-            print_report,
-            write_json,
-            write_png,
-        )
+        from bptrain.robustness import attack_command
 
-        report = evaluate_checkpoint_robustness(
+        warnings = attack_command(
             cfg,
             checkpoint,
             split.value,
-            attack.value,
-            epsilon,
-            parse_epsilons(epsilons) if epsilons else None,
-            steps,
-            restarts,
-            alpha,
-            norm.value,
+            attack=attack.value,
+            epsilon=epsilon,
+            epsilons=epsilons,
+            steps=steps,
+            restarts=restarts,
+            alpha=alpha,
+            norm=norm.value,
+            out=out,
+            plot=plot,
+            as_json=as_json,
         )
-        path = out or checkpoint.parent / f"robustness_{split.value}.json"
-        write_json(report, path)
-        if plot:
-            write_png(report, path.with_suffix(".png"))
-        if as_json:
-            from bptrain.runlog import dumps
-
-            sys.stdout.write(dumps(report) + "\n")
-        else:
-            from rich.console import Console
-
-            console = Console()
-            print_report(report, console, f"{checkpoint} on {split.value}, {attack.value} attack")
-            console.print(
-                f"report: {path}" + (f", plot: {path.with_suffix('.png')}" if plot else "")
-            )
-        for warning in report["warnings"]:
+        for warning in warnings:
             _stderr_console().print(
                 f"[bold yellow]warning:[/bold yellow] {_escape(warning)}", soft_wrap=True
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -82,17 +83,8 @@ def evaluate_robustness(
 ) -> dict[str, Any]:
     """Clean accuracy, FGSM and PGD accuracy at every epsilon, the checks; one pass over the split
     per attack. Returns the report (also the JSON written by ``bptrain eval``)."""
-    headline_pgd = request.make("pgd", request.epsilon)
-    variants: dict[str, Attack] = {}
-    for eps in request.epsilons:
-        if eps > 0:
-            variants[f"fgsm@{eps}"] = request.make("fgsm", eps)
-            variants[f"pgd@{eps}"] = request.make("pgd", eps)
-    variants["fgsm@headline"] = request.make("fgsm", request.epsilon)
-    variants["pgd@headline"] = headline_pgd
-    variants["more_steps"] = replace(headline_pgd, steps=2 * request.steps)
-    variants["more_restarts"] = replace(headline_pgd, restarts=request.restarts + 1)
-
+    variants = _attack_variants(request)
+    headline_pgd = variants["pgd@headline"]
     totals = {name: _Totals() for name in variants}
     clean_wrong = clean_loss = 0.0
     samples = targets = 0
@@ -112,23 +104,18 @@ def evaluate_robustness(
         for name, attack in variants.items():
             # the same noise for every variant of a batch: more restarts extend, not replace, the first
             generator = torch.Generator().manual_seed(request.seed * 1_000_003 + index)
-            result = attack_batch(
+            _attack_and_count(
                 model,
                 x,
                 y,
                 objective,
-                attack,
+                precision,
                 space,
+                attack,
                 generator,
-                precision.autocast,
+                totals[name],
                 record_losses=name == "pgd@headline",
             )
-            with torch.no_grad(), precision.autocast():
-                adv_output = model(result.x_adv)
-            totals[name].wrong += float(wrong_per_sample(objective, adv_output, y).sum())
-            if result.losses:
-                totals[name].loss_start += result.losses[0] * len(x)
-                totals[name].loss_end += result.losses[-1] * len(x)
 
     def acc(name: str) -> float:
         return 1 - totals[name].wrong / max(targets, 1)
@@ -176,6 +163,55 @@ def evaluate_robustness(
         "checks": [asdict(c) for c in checks],
         "warnings": [c.message for c in checks if c.ok is False],
     }
+
+
+def _attack_variants(request: Request) -> dict[str, Attack]:
+    """Every attack one evaluation runs, by name: FGSM and PGD at each epsilon of the table, and at
+    the headline epsilon PGD with twice the steps and with one more restart (for the checks)."""
+    headline_pgd = request.make("pgd", request.epsilon)
+    variants: dict[str, Attack] = {}
+    for eps in request.epsilons:
+        if eps > 0:
+            variants[f"fgsm@{eps}"] = request.make("fgsm", eps)
+            variants[f"pgd@{eps}"] = request.make("pgd", eps)
+    variants["fgsm@headline"] = request.make("fgsm", request.epsilon)
+    variants["pgd@headline"] = headline_pgd
+    variants["more_steps"] = replace(headline_pgd, steps=2 * request.steps)
+    variants["more_restarts"] = replace(headline_pgd, restarts=request.restarts + 1)
+    return variants
+
+
+def _attack_and_count(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    objective: Objective,
+    precision: Precision,
+    space: InputSpace,
+    attack: Attack,
+    generator: torch.Generator,
+    totals: _Totals,
+    record_losses: bool,
+) -> None:
+    """Attack one batch and add its misclassified targets (and with ``record_losses``, the loss at
+    the start and end of the attack) to ``totals``."""
+    result = attack_batch(
+        model,
+        x,
+        y,
+        objective,
+        attack,
+        space,
+        generator,
+        precision.autocast,
+        record_losses=record_losses,
+    )
+    with torch.no_grad(), precision.autocast():
+        adv_output = model(result.x_adv)
+    totals.wrong += float(wrong_per_sample(objective, adv_output, y).sum())
+    if result.losses:
+        totals.loss_start += result.losses[0] * len(x)
+        totals.loss_end += result.losses[-1] * len(x)
 
 
 def _add_counts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -404,3 +440,52 @@ def evaluate_checkpoint_robustness(
     request = Request(attack, table, epsilon, steps, restarts, alpha, norm, cfg.seed)
     report = evaluate_robustness(model, batches, objective, precision, space, request)
     return {"split": split, "checkpoint": str(checkpoint), **report}
+
+
+def attack_command(
+    cfg: Config,
+    checkpoint: Path,
+    split: str,
+    *,
+    attack: Literal["fgsm", "pgd"],
+    epsilon: float | None,
+    epsilons: str | None,
+    steps: int,
+    restarts: int,
+    alpha: float | None,
+    norm: Literal["linf", "l2"],
+    out: Path | None,
+    plot: bool,
+    as_json: bool,
+) -> list[str]:
+    """``bptrain eval --attack``: evaluate, write the JSON report (``out``, default
+    ``robustness_<split>.json`` beside the checkpoint) and with ``plot`` its PNG, then print it: one
+    JSON object on stdout with ``as_json``, else tables. Returns the failed sanity checks' warnings,
+    which the CLI prints on stderr."""
+    report = evaluate_checkpoint_robustness(
+        cfg,
+        checkpoint,
+        split,
+        attack,
+        epsilon,
+        parse_epsilons(epsilons) if epsilons else None,
+        steps,
+        restarts,
+        alpha,
+        norm,
+    )
+    path = out or checkpoint.parent / f"robustness_{split}.json"
+    write_json(report, path)
+    if plot:
+        write_png(report, path.with_suffix(".png"))
+    if as_json:
+        from bptrain.runlog import dumps
+
+        sys.stdout.write(dumps(report) + "\n")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        print_report(report, console, f"{checkpoint} on {split}, {attack} attack")
+        console.print(f"report: {path}" + (f", plot: {path.with_suffix('.png')}" if plot else ""))
+    return report["warnings"]
