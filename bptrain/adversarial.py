@@ -40,6 +40,7 @@ from bptrain.data import DataBundle, DataSpec, InputSpace
 from bptrain.errors import UserError
 from bptrain.losses import Objective
 from bptrain.runtime import Precision
+from bptrain.steps import has_training_step
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # model-space input -> output
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> scalar
@@ -447,6 +448,22 @@ def check_epsilon(epsilon: float, space: InputSpace, norm: str, features: int, w
         )
 
 
+_WITH_TRAINING_STEP = (
+    "trainer.adversarial attacks the built-in loss(model(x), y); this model defines its own "
+    "training_step. Remove trainer.adversarial, or attack the inputs in training_step."
+)
+
+
+def refuse_with_training_step(cfg: Any, model: nn.Module) -> None:
+    """``trainer.adversarial`` with a model's own ``training_step``: exit 2 before anything trains.
+
+    The attack needs the built-in loss to follow its input gradient; a ``training_step`` computes
+    its loss where no attack can reach it, so the pair would train without attacks, or fail.
+    """
+    if cfg is not None and has_training_step(model):
+        raise UserError(_WITH_TRAINING_STEP)
+
+
 def build_adversarial(
     cfg: Any,
     data: DataBundle,
@@ -459,10 +476,7 @@ def build_adversarial(
     if cfg is None:
         return None
     if objective is not None and not isinstance(objective, Objective):
-        raise UserError(
-            "trainer.adversarial attacks the built-in loss(model(x), y); this model defines its own "
-            "training_step. Remove trainer.adversarial, or attack the inputs in training_step."
-        )
+        raise UserError(_WITH_TRAINING_STEP)
     space = check_attackable(data.spec, data.input_space, "trainer.adversarial")
     check_epsilon(
         cfg.epsilon, space, cfg.norm, data.spec.in_features, "trainer.adversarial.epsilon"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bptrain.adversarial import refuse_with_training_step
 from bptrain.config import Config
 from bptrain.data import DataBundle, build_data
 from bptrain.losses import Objective, build_objective
@@ -58,6 +59,7 @@ def build_components(
     )
     objective = build_objective(cfg.loss, data.spec)
     model = build_model(cfg.model, data.spec, objective.name, cfg.trainer.activation_checkpointing)
+    refuse_with_training_step(cfg.trainer.adversarial, model)  # exit 2 before any weights load
     report = None
     if init_weights and cfg.model.init_from is not None:
         report = init_from(model, cfg.model.init_from, cfg.model.init_strict)

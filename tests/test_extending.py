@@ -284,6 +284,22 @@ def _step_run(cli, write_config, user_dir, name, model, **trainer):
     return run, load_file(run / "checkpoints" / "last.safetensors")
 
 
+def test_adversarial_training_with_a_training_step_exits_2_with_the_fix(
+    user_dir, cli, write_config
+):
+    """trainer.adversarial attacks the built-in loss(model(x), y); a model's own training_step
+    computes its loss where no attack can reach: refused before a run directory exists."""
+    extra = {**BASE, "=model": {"class_path": "userext.StepNet"}}
+    result = _fit(cli, write_config, extra, "adv", "trainer.adversarial={epsilon: 0.1}")
+    _assert_exit_2(
+        result,
+        "trainer.adversarial",
+        "defines its own training_step",
+        "Remove trainer.adversarial, or attack the inputs in training_step.",
+    )
+    assert not (user_dir / "runs").exists()
+
+
 def test_training_step_gets_amp_accumulation_and_clipping_like_a_built_in(
     user_dir, cli, write_config
 ):
