@@ -9,10 +9,12 @@ again after Ctrl-C (it goes on where it stopped), and the tasks of a SLURM array
 never get the same trial and the study never overshoots.
 
 Each trial is a normal run (``trial-0007/<timestamp>/``, with ``--seeds`` one per seed) trained by
-``fit`` in the worker's process. The objective is the run's best monitored validation metric
-(``trainer.checkpoint.monitor``, default ``val/loss``, direction from its ``mode``); the same
-metric is reported to the pruner after every validation, and a trial the pruner stops ends with
-status ``pruned`` (with seeds: only the first seed's run reports; a pruned trial runs no more seeds).
+``fit`` in the worker's process. A trial stopped by a signal is queued again with its values and
+keeps its number: the worker that takes it resumes its runs from their ``last.pt``. The objective
+is the run's best monitored validation metric (``trainer.checkpoint.monitor``, default
+``val/loss``, direction from its ``mode``); the same metric is reported to the pruner after every
+validation, and a trial the pruner stops ends with status ``pruned`` (with seeds: only the first
+seed's run reports; a pruned trial runs no more seeds).
 
 At the end ``best.yaml`` holds the best trial's resolved config (``bptrain fit best.yaml`` runs it
 as is) and ``sweep.csv``/``sweep.json``/``sweep.md`` the table, in the grid sweep's shape.
@@ -198,18 +200,19 @@ def work(args: SearchArgs, console: Console, fit_trial: Callable[..., dict[str, 
     ran = 0
     while True:
         with lock:  # count and ask under one lock: no two workers take the same or an extra trial
-            counted = [t for t in study.get_trials(deepcopy=False) if not _retried(t)]
+            counted = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
             if len(counted) >= args.trials:
                 return ran
             trial = study.ask(distributions)
         overrides = [override(by_key[k], v) for k, v in trial.params.items()]
+        number = trial_number(trial)  # an interrupted trial goes on in its own directory
         trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         values, pruned = [], False
         try:
             for index, seed in enumerate(args.seeds):
                 report = PruningReport(trial, monitor) if index == 0 else None
-                summary = fit_trial(args, root, trial.number, overrides, seed, report)
+                summary = fit_trial(args, root, number, overrides, seed, report)
                 if summary["status"] == "pruned":
                     pruned = True
                     break
@@ -225,7 +228,7 @@ def work(args: SearchArgs, console: Console, fit_trial: Callable[..., dict[str, 
                 raise
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            console.print(f"trial {trial.number} failed: {type(err).__name__}: {err}", markup=False)
+            console.print(f"trial {number} failed: {type(err).__name__}: {err}", markup=False)
             ran += 1
             continue
         ran += 1
@@ -237,7 +240,7 @@ def work(args: SearchArgs, console: Console, fit_trial: Callable[..., dict[str, 
             trial.set_user_attr("error", f"no finite {monitor} (is there a validation split?)")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         console.print(
-            f"trial {trial.number}: {' '.join(overrides)}: {_state(study, trial)}", markup=False
+            f"trial {number}: {' '.join(overrides)}: {_state(study, trial)}", markup=False
         )
 
 
@@ -245,13 +248,26 @@ def _retried(trial: Any) -> bool:
     return bool(trial.user_attrs.get("retried"))
 
 
+def _counts(trial: Any) -> bool:
+    """Whether a trial counts towards ``--trials``: not the interrupted one given back, nor its
+    queued copy until a worker takes it (``study.ask`` takes queued trials first)."""
+    return not _retried(trial) and trial.state.name != "WAITING"
+
+
+def trial_number(trial: Any) -> int:
+    """The number a trial shows and its directory has (``trial-0007``): a trial queued again after
+    an interruption keeps the number it started with, so it resumes from that directory's last.pt."""
+    return int(trial.user_attrs.get("resumed_from_trial", trial.number))
+
+
 def _give_back(study: Any, trial: Any) -> None:
-    """An interrupted trial is failed and queued again with the same values: it runs once more."""
+    """An interrupted trial is failed and queued again with the same values: the next worker to
+    take it resumes its runs from their last checkpoints (``fit_trial``)."""
     import optuna
 
     trial.set_user_attr("retried", True)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={"resumed_from_trial": trial.number})
+    study.enqueue_trial(trial.params, user_attrs={"resumed_from_trial": trial_number(trial)})
 
 
 def _state(study: Any, trial: Any) -> str:
@@ -272,8 +288,13 @@ def fit_trial(
     seed: int | None,
     report: PruningReport | None,
 ) -> dict[str, Any]:
-    """Train one trial (one seed) in this process, its console output in <root>/<trial>.log."""
-    from bptrain.config import load_config
+    """Train one trial (one seed) in this process, its console output in <root>/<trial>.log.
+
+    A trial queued again after an interruption finds its runs as the grid sweep does: a run that
+    finished with this config is not trained again, one that saved a checkpoint but no summary
+    resumes from its last.pt (``fit --resume``)."""
+    from bptrain.config import load_config, to_yaml
+    from bptrain.sweep import finished_run, interrupted_run
     from bptrain.train import fit
 
     name = trial_dirname(number, seed)
@@ -287,8 +308,17 @@ def fit_trial(
             f"logging.name={name}",
         ],
     )
-    with (root / f"{name}.log").open("w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-        return fit(cfg, Console(file=log, width=120), pruning=report)
+    config_text = to_yaml(cfg)
+    finished = finished_run(root / name, config_text)
+    if finished is not None:
+        return json.loads((finished / "summary.json").read_text(encoding="utf-8"))
+    resume = interrupted_run(root / name, config_text)
+    mode = "w" if resume is None else "a"  # a resumed run's log goes on after its first part
+    with (
+        (root / f"{name}.log").open(mode, encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+    ):
+        return fit(cfg, Console(file=log, width=120), resume=resume, pruning=report)
 
 
 # ---------------------------------------------------------------------------- the command
@@ -371,10 +401,11 @@ def _finish(
     outcomes, states = [], {}
     for trial in trials:
         overrides = trial.user_attrs.get("overrides", [])
+        number = trial_number(trial)
         for seed in args.seeds:
-            label = f"#{trial.number} " + " ".join(overrides)
+            label = f"#{number} " + " ".join(overrides)
             variant = sweep.Variant(tuple(overrides), seed, label=label)
-            outcomes.append(_outcome(variant, root / trial_dirname(trial.number, seed), trial))
+            outcomes.append(_outcome(variant, root / trial_dirname(number, seed), trial))
             states[label] = trial.state.name.lower()
     rows = sweep.aggregate(outcomes)
     for row in rows:
@@ -418,16 +449,17 @@ def write_best(args: SearchArgs, root: Path, best: Any, console: Console) -> Pat
     from bptrain.config import load_config, to_yaml
 
     overrides = best.user_attrs.get("overrides", [])
+    number = trial_number(best)
     cfg = load_config(args.config, [*args.overrides, *overrides])
     path = root / "best.yaml"
     header = (
-        f"# best trial #{best.number} of the search in {root}: {' '.join(overrides)}\n"
+        f"# best trial #{number} of the search in {root}: {' '.join(overrides)}\n"
         f"# objective {best.value:.6g}; run it with: bptrain fit {path}\n"
     )
     path.write_text(header + to_yaml(cfg), encoding="utf-8")
-    console.print(f"best trial #{best.number} ({best.value:.4f}): {' '.join(overrides)} -> {path}")
+    console.print(f"best trial #{number} ({best.value:.4f}): {' '.join(overrides)} -> {path}")
     (root / "best.json").write_text(
-        json.dumps({"trial": best.number, "value": best.value, "overrides": overrides}) + "\n",
+        json.dumps({"trial": number, "value": best.value, "overrides": overrides}) + "\n",
         encoding="utf-8",
     )
     return path

@@ -145,10 +145,10 @@ def _run_variant(
     except UserError as err:
         return Outcome(variant, "failed", error=str(err))
     config_text = to_yaml(cfg)
-    finished = _finished_run(root / variant.slug, config_text)
+    finished = finished_run(root / variant.slug, config_text)
     if finished is not None:
         return _outcome_from(variant, finished, status="skipped")
-    resume = _interrupted_run(root / variant.slug, config_text)
+    resume = interrupted_run(root / variant.slug, config_text)
     if jobs <= 1:
         # imported here: with --jobs > 1 the variants are subprocesses and this one never loads torch
         from bptrain.train import Interrupted, fit
@@ -183,7 +183,7 @@ def _run_subprocess(
     return Outcome(variant, "failed", error=f"exit {code}: {' | '.join(tail)} (log: {log_path})")
 
 
-def _finished_run(variant_dir: Path, config_text: str) -> Path | None:
+def finished_run(variant_dir: Path, config_text: str) -> Path | None:
     """The newest run of this variant that wrote summary.json with exactly this config, if any."""
     for summary in sorted(variant_dir.glob("*/summary.json"), reverse=True):
         saved = summary.parent / "config.yaml"
@@ -192,7 +192,7 @@ def _finished_run(variant_dir: Path, config_text: str) -> Path | None:
     return None
 
 
-def _interrupted_run(variant_dir: Path, config_text: str) -> str | None:
+def interrupted_run(variant_dir: Path, config_text: str) -> str | None:
     """The newest run of this variant with this config that saved a checkpoint but no summary."""
     for last in sorted(variant_dir.glob("*/checkpoints/last.pt"), reverse=True):
         run_dir = last.parent.parent

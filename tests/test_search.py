@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ckpt_helpers import signal_at_step
 
 from tests.conftest import TINY, deep_merge
 
@@ -114,6 +116,36 @@ def test_a_resumed_search_continues_the_study_and_a_changed_space_is_refused(cli
     assert changed.exit_code == 2
     assert "sweep axis 'optimizer.lr'" in changed.output
     assert "uniform(0.001,0.05)" in changed.output and "logging.name=NEW" in changed.output
+
+
+def test_a_trial_stopped_by_sigterm_resumes_from_its_last_checkpoint(cli, tmp_path, monkeypatch):
+    """The trial is queued again with its values; the next sweep continues its run in place
+    (fit --resume from last.pt) instead of training it again from scratch."""
+    config = _config(tmp_path, max_epochs=2)
+    axes = ["optimizer.lr=uniform(0.001,0.05)", "--search", "random", "--pruner", "none"]
+    signal_at_step(monkeypatch, 7, signal.SIGTERM)  # in the second epoch (5 steps each)
+    stopped = cli("sweep", config, *axes, "--trials", "1")
+    assert stopped.exit_code == 143, stopped.output
+    monkeypatch.undo()
+    root = tmp_path / "runs" / "tiny-search"
+    (run,) = (root / "trial-0000").iterdir()
+    assert (run / "checkpoints" / "last.pt").exists() and not (run / "summary.json").exists()
+
+    again = cli("sweep", config, *axes, "--trials", "1")
+    assert again.exit_code == 0, again.output
+    first, resumed = _study(root).get_trials()
+    assert first.state.name == "FAIL" and first.user_attrs["retried"]
+    assert resumed.user_attrs["resumed_from_trial"] == 0 and resumed.params == first.params
+    assert list((root / "trial-0000").iterdir()) == [run]  # the same run went on, no new one
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and resumed.value == summary["best"]["val/loss"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]  # none twice
+    steps = [r["step"] for r in records if r["type"] == "step"]
+    assert steps == sorted(set(steps))  # the steps before the signal were not trained again
+    (row,) = json.loads((root / "sweep.json").read_text())["rows"]
+    assert row["variant"].startswith("#0 ") and row["status"] == "ok"
+    assert "trial 0: optimizer.lr=" in again.output  # shown under the number it started with
 
 
 @pytest.mark.slow
