@@ -207,7 +207,7 @@ def write_curve(result: RangeTest, out_dir: Path) -> None:
 
 
 def write_png(result: RangeTest, path: Path) -> None:
-    from bptrain.diagnostics.plot import require_matplotlib
+    from bptrain.diagnostics.plot import require_matplotlib, save_figure
 
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -227,10 +227,7 @@ def write_png(result: RangeTest, path: Path) -> None:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_lr_find(

@@ -363,15 +363,9 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 
 def write_png(report: dict[str, Any], path: Path) -> None:
     """Accuracy vs epsilon, FGSM and PGD (matplotlib, imported only here)."""
-    try:
-        import matplotlib
+    from bptrain.diagnostics.plot import require_matplotlib, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError(
-            "--plot needs matplotlib: pip install 'bptrain[plot]' (the table is in the JSON anyway)."
-        ) from None
+    plt = require_matplotlib()
     eps = [r["epsilon"] for r in report["table"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(eps, [r["fgsm_acc"] for r in report["table"]], marker="o", label="FGSM")
@@ -383,10 +377,7 @@ def write_png(report: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -462,6 +453,10 @@ def attack_command(
     ``robustness_<split>.json`` beside the checkpoint) and with ``plot`` its PNG, then print it: one
     JSON object on stdout with ``as_json``, else tables. Returns the failed sanity checks' warnings,
     which the CLI prints on stderr."""
+    if plot:
+        from bptrain.diagnostics.plot import require_matplotlib
+
+        require_matplotlib()  # before the attacks, not after them
     report = evaluate_checkpoint_robustness(
         cfg,
         checkpoint,

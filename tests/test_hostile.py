@@ -459,23 +459,33 @@ def test_grad_inspect_does_not_blame_the_lr_for_vanishing_gradients(tmp_path: Pa
     assert "fix that first rather than raising optimizer.lr" in report["verdict"]
 
 
-@pytest.mark.parametrize("command", ["grad-inspect", "lr-find"])
+@pytest.mark.parametrize(
+    ("command", "plot"),
+    [
+        (["grad-inspect"], ["--plot", "p.png"]),
+        (["lr-find"], ["--plot", "p.png"]),
+        (["eval"], ["--checkpoint", "last.pt", "--attack", "pgd", "--epsilon", "0.1", "--plot"]),
+    ],
+)
 def test_plot_without_matplotlib_fails_before_the_work(
-    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: list[str], plot: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
 
     import bptrain.diagnostics.command
     import bptrain.lr_find
+    import bptrain.robustness
 
     def analysis_ran(*args: object, **kwargs: object) -> None:
         raise AssertionError("the analysis ran before the matplotlib check")
 
     monkeypatch.setattr(bptrain.diagnostics.command, "inspect_config", analysis_ran)
     monkeypatch.setattr(bptrain.lr_find, "range_test", analysis_ran)
+    monkeypatch.setattr(bptrain.robustness, "evaluate_checkpoint_robustness", analysis_ran)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, {"source": "moons", "n_samples": 64})
-    result = runner.invoke(app, [command, str(config), "--plot", str(tmp_path / "p.png")])
+    result = runner.invoke(app, [*command, str(config), *plot])
     assert result.exit_code == 2, result.output
     assert "--plot needs matplotlib" in flat(result.output)
 

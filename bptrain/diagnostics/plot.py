@@ -36,6 +36,17 @@ def require_matplotlib() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi, creating the folder) and close a figure; every --plot ends here."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(report: Report, path: Path | str) -> Path:
     """Write ‖∇W‖ and ‖∂L/∂out‖ per layer (log scale, input to output) to ``path``."""
     plt = require_matplotlib()
@@ -59,8 +70,4 @@ def plot(report: Report, path: Path | str) -> Path:
     ax.set_title("grad-inspect: gradient flow per layer")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
