@@ -13,7 +13,7 @@ measures the model as it will be used.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from bptrain.config import ImageFolderData
 from bptrain.data.bundle import DataBundle, DataSpec, InputSpace, hold_out
 from bptrain.data.images import build_imagefolder
 from bptrain.data.loaders import Batches, TensorBatches, dataloader_batches, split_arguments
-from bptrain.data.sources import Arrays, read_source
+from bptrain.data.sources import Arrays, Splits, read_source
 from bptrain.errors import UserError
 
 if TYPE_CHECKING:
@@ -57,19 +57,7 @@ def build_data(
         return build_user_data(cfg, seed, device, rank, world_size)
     given = preprocessing
     splits = read_source(cfg, seed, given.class_names if given is not None else None)
-    train, val, test = splits.train, splits.val, splits.test
-    rng = np.random.default_rng(
-        seed + 1
-    )  # a separate stream, so changing the source keeps the split seed stable
-    if test is None and cfg.test_fraction > 0:  # type: ignore[attr-defined]
-        train, test = hold_out(train, cfg.test_fraction, rng, "test")  # type: ignore[attr-defined]
-    if val is None and cfg.val_fraction > 0:  # type: ignore[attr-defined]
-        train, val = hold_out(
-            train,
-            cfg.val_fraction / (1 - (cfg.test_fraction if splits.test is None else 0)),
-            rng,
-            "validation",
-        )  # type: ignore[attr-defined]
+    train, val, test = _held_out(splits, cfg, seed)
     spec = _infer_spec(train, [s for s in (val, test) if s is not None])
     if given is not None:
         spec = _trained_spec(given, spec)
@@ -101,23 +89,10 @@ def build_data(
         source=cfg.source,  # type: ignore[attr-defined]
     )
 
-    def to_tensors(arrays: Arrays) -> tuple[torch.Tensor, torch.Tensor]:
-        x_dtype = torch.int64 if keep_tokens else torch.float32
-        x = torch.as_tensor(np.ascontiguousarray(arrays[0]), dtype=x_dtype)
-        if spec.task == "classification":
-            y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.int64).reshape(
-                len(arrays[1]), *spec.target_shape
-            )
-        else:
-            y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.float32).reshape(
-                len(arrays[1]), -1
-            )
-        return x, y
-
     def batches(arrays: Arrays | None, training: bool) -> Batches | None:
         if arrays is None:
             return None
-        x, y = to_tensors(arrays)
+        x, y = _to_tensors(arrays, spec, keep_tokens)
         if cfg.loader == "dataloader":  # type: ignore[attr-defined]
             return dataloader_batches(
                 TensorDataset(x, y), cfg, training, seed, device, rank, world_size
@@ -136,6 +111,36 @@ def build_data(
         fitted,
         space,
     )
+
+
+def _held_out(splits: Splits, cfg: Any, seed: int) -> tuple[Arrays, Arrays | None, Arrays | None]:
+    """(train, val, test): the source's own splits, else ``data.test_fraction`` and
+    ``data.val_fraction`` of the training samples held out (seeded)."""
+    train, val, test = splits.train, splits.val, splits.test
+    rng = np.random.default_rng(seed + 1)  # its own stream: another source keeps the split seed
+    if test is None and cfg.test_fraction > 0:
+        train, test = hold_out(train, cfg.test_fraction, rng, "test")
+    if val is None and cfg.val_fraction > 0:
+        # a fraction of all samples: scaled up to what the test split left
+        left = 1 - (cfg.test_fraction if splits.test is None else 0)
+        train, val = hold_out(train, cfg.val_fraction / left, rng, "validation")
+    return train, val, test
+
+
+def _to_tensors(
+    arrays: Arrays, spec: DataSpec, keep_tokens: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs as float32 (int64 token ids when the model embeds them); targets as int64 class
+    labels shaped (N, *target_shape), or float32 regression targets shaped (N, outputs)."""
+    x_dtype = torch.int64 if keep_tokens else torch.float32
+    x = torch.as_tensor(np.ascontiguousarray(arrays[0]), dtype=x_dtype)
+    if spec.task == "classification":
+        y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.int64).reshape(
+            len(arrays[1]), *spec.target_shape
+        )
+    else:
+        y = torch.as_tensor(np.asarray(arrays[1]), dtype=torch.float32).reshape(len(arrays[1]), -1)
+    return x, y
 
 
 def _trained_spec(given: Preprocessing, found: DataSpec) -> DataSpec:

@@ -196,20 +196,7 @@ def line_chart(chart: Chart) -> str:
         return TOP + ph - (tf(y) - y0) / (y1 - y0) * ph
 
     parts = [head, f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}"/>']
-    if chart.log_y:
-        yticks = [10.0**e for e in range(math.ceil(y0), math.floor(y1) + 1)]
-        if len(yticks) < 3:  # two decades or less: 1-2-5 ticks
-            yticks = [
-                m * 10.0**e
-                for e in range(math.floor(y0), math.ceil(y1) + 1)
-                for m in (1, 2, 5)
-                if y0 <= math.log10(m * 10.0**e) <= y1
-            ]
-        if len(yticks) < 2:  # less than that: plain ticks between the ends
-            yticks = [v for v in _nice_ticks(10**y0, 10**y1, 4) if v > 0]
-    else:
-        yticks = _nice_ticks(y0, y1)
-    for y in yticks:
+    for y in _log_ticks(y0, y1) if chart.log_y else _nice_ticks(y0, y1):
         yy = py(y)
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{LEFT + pw}" y1="{yy:.1f}" y2="{yy:.1f}"/>'
@@ -252,16 +239,38 @@ def line_chart(chart: Chart) -> str:
                 f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2" fill="{s.colour}"><title>{escape(s.label)}: step {fmt(x)}, {fmt(y)}</title></circle>'
                 for x, y in s.points
             )
+    parts.extend(_legend(usable, columns, pw))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _log_ticks(y0: float, y1: float) -> list[float]:
+    """Ticks of a log axis spanning 10**y0 .. 10**y1: decades, else 1-2-5 steps, else plain ticks."""
+    ticks = [10.0**e for e in range(math.ceil(y0), math.floor(y1) + 1)]
+    if len(ticks) < 3:  # two decades or less: 1-2-5 ticks
+        ticks = [
+            m * 10.0**e
+            for e in range(math.floor(y0), math.ceil(y1) + 1)
+            for m in (1, 2, 5)
+            if y0 <= math.log10(m * 10.0**e) <= y1
+        ]
+    if len(ticks) < 2:  # less than that: plain ticks between the ends
+        ticks = [v for v in _nice_ticks(10**y0, 10**y1, 4) if v > 0]
+    return ticks
+
+
+def _legend(usable: list[Series], columns: int, plot_width: float) -> list[str]:
+    """One legend entry per series under the plot, in ``columns`` columns."""
+    items = []
     for i, s in enumerate(usable):
-        lx, ly = LEFT + (i % columns) * (pw / 2), H + 8 + 16 * (i // columns)
+        lx, ly = LEFT + (i % columns) * (plot_width / 2), H + 8 + 16 * (i // columns)
         dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        parts.append(
+        items.append(
             f'<g class="legend-item" data-label="{escape(s.label)}">'
             f'<line x1="{lx:.0f}" x2="{lx + 22:.0f}" y1="{ly - 4}" y2="{ly - 4}" stroke="{s.colour}" stroke-width="2.5"{dash}/>'
             f'<text x="{lx + 27:.0f}" y="{ly}">{escape(s.label)}</text></g>'
         )
-    parts.append("</svg>")
-    return "".join(parts)
+    return items
 
 
 # --------------------------------------------------------------------------- heatmaps
