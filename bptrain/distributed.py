@@ -215,14 +215,42 @@ def sum_over_ranks(*values: float) -> list[float]:
 def agree_on_signal(signum: int | None) -> int | None:
     """The stop signal any rank received, the same on all ranks (one small all-reduce).
 
-    Called at every optimizer-step boundary, so all ranks stop after the same step even when
-    the signal reached only some of them.
+    Called at every optimizer-step boundary (through ``faults.NonFiniteGuard.agreed_signal``,
+    which agrees the non-finite verdict in the same all-reduce), so all ranks stop after the
+    same step even when the signal reached only some of them.
+    """
+    return agree_at_step(False, signum)[1]
+
+
+def agree_at_step(failed: bool | torch.Tensor, signum: int | None) -> tuple[bool, int | None]:
+    """Whether any rank's non-finite check failed, and the stop signal any rank received: the
+    same on every rank, in one small all-reduce (the per-step one `agree_on_signal` does alone).
+
+    `failed` may be a device-side flag (the lazy GPU check): it is read here, with the signal,
+    in the one host sync this all-reduce costs anyway.
     """
     if not dist.is_initialized():
-        return signum
-    flag = torch.tensor([signum or 0], dtype=torch.int64, device=_collective_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) or None
+        return bool(failed), signum
+    device = _collective_device()
+    flags = torch.stack(
+        [
+            torch.as_tensor(failed, device=device).to(torch.int64).reshape(()),
+            torch.tensor(signum or 0, dtype=torch.int64, device=device),
+        ]
+    )
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    any_failed, agreed = flags.tolist()
+    return bool(any_failed), agreed or None
+
+
+def all_gather_objects(value: T) -> list[T]:
+    """Every rank's value (any picklable object), in rank order; [value] when not distributed.
+    A collective: only where every rank is (e.g. a failure every rank agreed on)."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def any_rank(flag: bool) -> bool:

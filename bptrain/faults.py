@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bptrain import distributed
 from bptrain.errors import TrainingError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -194,9 +195,10 @@ def full(t: torch.Tensor) -> torch.Tensor:
 class NonFinite(TrainingError):
     """A non-finite loss or gradient under nan_policy stop (or too many skips)."""
 
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
+    def __init__(self, message: str, report: dict[str, Any], here: bool = True) -> None:
         super().__init__(message)
-        self.report = report
+        # here: this rank saw the value itself (distributed, the others stop because it did)
+        self.report, self.here = report, here
 
 
 class NonFiniteGuard:
@@ -211,13 +213,23 @@ class NonFiniteGuard:
         self._bad = torch.zeros((), dtype=torch.bool, device=device)  # lazy mode: seen a non-finite
         self._prev_scale: torch.Tensor | None = None
         self._finite_grads = FiniteGrads()
+        # Distributed: the stop signal this rank received (build_run wires the StopFlag), agreed
+        # with the verdict before the update; ``agreed_signal`` hands it to the loop afterwards.
+        self.stop_signal: Callable[[], int | None] = lambda: None
+        self._agreed: tuple[int | None] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "amp_skips": int(self.amp_skips)}
+        # prev_scale: the AMP-skip detector's reference, so that a resumed run counts a skip at
+        # its first step (older checkpoints lack it: then that one step goes uncounted)
+        prev = None if self._prev_scale is None else float(self._prev_scale)
+        return {"skipped": self.skipped, "amp_skips": int(self.amp_skips), "prev_scale": prev}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skipped = state["skipped"]
         self.amp_skips.fill_(state["amp_skips"])
+        prev = state.get("prev_scale")
+        device = self.amp_skips.device
+        self._prev_scale = None if prev is None else torch.tensor(prev, device=device)
 
     def step_ok(
         self,
@@ -237,13 +249,14 @@ class NonFiniteGuard:
                 bad = bad | ~torch.isfinite(grad_norm)
             self._bad |= bad
             return True
-        finite = math.isfinite(float(loss))
-        if finite and check_grads:  # no norm at hand (not clipping, not a log step): one fused pass
-            if grad_norm is None:
-                finite = self._finite_grads.check(model)
+        finite_here = math.isfinite(float(loss))
+        if check_grads:  # also after a bad loss: under FSDP the check is a collective of all ranks
+            if grad_norm is None:  # no norm at hand (not clipping, not a log step): one pass
+                grads_ok = self._finite_grads.check(model)
             else:
-                finite = math.isfinite(float(grad_norm))
-        if finite:
+                grads_ok = math.isfinite(float(grad_norm))
+            finite_here = finite_here and grads_ok
+        if self._agree(finite_here):
             return True
         if check_grads and grad_norm is None:  # the report gives the norm
             grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -253,32 +266,75 @@ class NonFiniteGuard:
             self.last_skipped = True
             return False
         report = {"loss": float(loss), "grad_norm": None if grad_norm is None else float(grad_norm)}
-        report.update(locate())
+        report.update(locate())  # on every rank: under FSDP its forward is a collective
         if self.policy == "skip":
             report["skipped_steps"] = self.skipped
             raise NonFinite(
                 f"more than trainer.max_skipped_steps={self.max_skips} steps had a non-finite loss or gradient",
                 report,
+                here=not finite_here,
             )
-        raise NonFinite(f"the {report['first_nonfinite']} became non-finite", report)
+        raise NonFinite(
+            f"the {report['first_nonfinite']} became non-finite", report, here=not finite_here
+        )
 
-    def after_update(self, scaler: torch.amp.GradScaler) -> None:
-        """Count fp16 steps the GradScaler skipped (it lowers its scale exactly then); no host sync."""
+    def _agree(self, finite: bool) -> bool:
+        """Distributed: True only if the step is finite on every rank, so that every rank applies
+        or skips the update (or stops) together; a rank left behind would wait in a collective
+        the others never reach. The verdict travels with the stop signal in the one all-reduce
+        per step the loop makes anyway (``agreed_signal``): no extra collective."""
+        if not torch.distributed.is_initialized():
+            return finite
+        failed, signum = distributed.agree_at_step(not finite, self.stop_signal())
+        self._agreed = (signum,)
+        return not failed
+
+    def agreed_signal(self, signum: int | None) -> int | None:
+        """After each step: the stop signal any rank received, the same on every rank.
+
+        When ``step_ok`` agreed it with the verdict before the update, that all-reduce served
+        both; otherwise (nan_policy ignore, L-BFGS, the lazy GPU check) one all-reduce agrees on
+        the signal and on the lazy check's device-side flag: every rank stops at the first step
+        end after any rank saw a non-finite value. Single process: the signal, nothing read."""
+        if not torch.distributed.is_initialized():
+            return signum
+        if self._agreed is not None:
+            (agreed,), self._agreed = self._agreed, None
+            return agreed
+        lazy = not self.eager and self.policy != "ignore"
+        failed, agreed = distributed.agree_at_step(self._bad if lazy else False, signum)
+        if failed:
+            raise self._lazy_failure(here=bool(self._bad))
+        return agreed
+
+    def after_update(self, scaler: torch.amp.GradScaler, count: bool = True) -> None:
+        """Count fp16 steps the GradScaler skipped (it lowers its scale exactly then); no host sync.
+
+        Called after every ``scaler.update()``; ``count=False`` after a step ``nan_policy: skip``
+        skipped: the scaler lowered its scale for that step too, which is not an AMP skip of the
+        next one."""
         scale = getattr(scaler, "_scale", None)
         if not scaler.is_enabled() or scale is None:
             return
-        if self._prev_scale is not None:
+        if self._prev_scale is not None and count:
             self.amp_skips += (scale < self._prev_scale).to(torch.int64)
         self._prev_scale = scale.clone()
 
     def raise_if_failed(self) -> None:
-        """Lazy (GPU) mode: read the device-side flag; call where the host syncs anyway."""
+        """Lazy (GPU) mode: read the device-side flag; call where the host syncs anyway.
+        Distributed, ``agreed_signal`` reads it at every step end instead, on every rank."""
+        if torch.distributed.is_initialized():
+            return
         if not self.eager and self.policy != "ignore" and bool(self._bad):
-            raise NonFinite(
-                "the loss or gradient norm became non-finite (detected at a log step or checkpoint; "
-                "on a GPU bptrain checks without a per-step sync)",
-                {"first_nonfinite": "loss or gradient (lazy GPU check: layer not located)"},
-            )
+            raise self._lazy_failure(here=True)
+
+    def _lazy_failure(self, here: bool) -> NonFinite:
+        return NonFinite(
+            "the loss or gradient norm became non-finite (detected at a log step, step end or "
+            "checkpoint; on a GPU bptrain checks without a per-step sync)",
+            {"first_nonfinite": "loss or gradient (lazy GPU check: layer not located)"},
+            here=here,
+        )
 
     def check_epoch_loss(self, value: float, metric: str = "train/loss") -> None:
         """An epoch's loss (train/loss, val/loss) falls under nan_policy too: stop and skip fail

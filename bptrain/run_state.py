@@ -9,7 +9,9 @@ Finding the checkpoint to resume from is ``resume.py``'s job; writing files atom
 is ``checkpoint.py``'s. The format is documented in docs/checkpointing.md.
 
 Format versions: 1 (bptrain 0.1, no ``format_version`` key) and 2 (this one: the same
-keys plus ``format_version``). Both load.
+keys plus ``format_version``). Both load. A part's state may gain a key within a version
+(``nan_guard``'s ``prev_scale``, the fp16 AMP-skip detector's reference): its
+``load_state_dict`` reads it when present, and an older file leaves it fresh.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def fit(
                     progress.step(loop.step, loop.epoch + 1, step_metrics)
                     run.callbacks.on_train_batch_end(loop.epoch, loop.step, step_metrics or {})
                     # every rank stops after the same step, even if only some got the signal
-                    stopping = distributed.agree_on_signal(run.stop.signum)
+                    stopping = run.guard.agreed_signal(run.stop.signum)  # or saw a NaN (faults.py)
                     if stopping is not None or loop.step >= run.total_steps:
                         break
                     if run.callbacks.agreed_stop:  # a callback asked: stop at this step boundary
@@ -391,6 +391,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
     recorder = _layer_recorder(cfg, model, sharded is not None, dist.is_main)
     stop, writer = _signals_and_writer(ckpt.async_write and dist.is_main)
+    guard.stop_signal = lambda: stop.signum  # agreed across ranks with the guard's verdict
     return Run(
         cfg=cfg, dist=dist, console=console, data=data, objective=parts.objective,
         step=parts.step, metrics=parts.metrics, callbacks=callbacks, model=model,
@@ -643,6 +644,7 @@ def train_step(
         loss, grad_norm, model, lambda: locate_nonfinite(model, window[0], _step_loss(objective))
     ):  # nan_policy skip: no update for this window
         scaler.update()
+        guard.after_update(scaler, count=False)  # counted as skipped_steps, not as an AMP skip
         optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, window_samples, grad_norm, clipped_norm, logs)
     scaler.step(optimizer)
@@ -1026,24 +1028,37 @@ def _interrupted(run: Run, signum: int) -> Interrupted:
 
 
 def _nan_failure(err: NonFinite, run: Run) -> TrainingError:
-    """Write nan_report.json and turn the failure into a TrainingError (exit 1) that says where to look."""
+    """Write nan_report.json and turn the failure into a TrainingError (exit 1) that says where to look.
+
+    Distributed, every rank is here (the verdict is agreed: faults.NonFiniteGuard): the report
+    and the message are those of the first rank that saw the non-finite value itself."""
     loop, run_dir = run.loop, run.run_dir
     last = run_dir / "checkpoints" / "last.pt"
+    seen = distributed.all_gather_objects((err.here, str(err), err.report))
+    ranks = [r for r, (here, _, _) in enumerate(seen) if here] or [0]
+    # the origin: a rank whose own loss went non-finite (DDP averages one rank's NaN gradients
+    # into every rank's), else the first that saw a non-finite value
+    bad_loss = [r for r in ranks if not math.isfinite(seen[r][2].get("loss", 0.0))]
+    rank = (bad_loss or ranks)[0]
+    _, message, found = seen[rank]
     report = {
         "step": loop.step + 1,  # the step that failed (not applied)
         "epoch": loop.epoch + 1,
         "batch_in_epoch": loop.batch_in_epoch,
         "nan_policy": run.cfg.trainer.nan_policy,
-        **err.report,
+        **found,
         "last_good_checkpoint": str(last) if last.exists() else None,
     }
+    if len(seen) > 1:
+        report.update(rank=rank, ranks_nonfinite=ranks)
+        message = f"{message} on rank {rank}" if len(ranks) < len(seen) else message
     if run.dist.is_main:  # under DDP rank 0 writes it
         write_json(run_dir / "nan_report.json", report)
     first = report.get("first_nonfinite")
     run.log.log("event", loop.step, {"event": "nonfinite", "first_nonfinite": first})
     _write_report(run)  # see where it went non-finite
     return TrainingError(
-        f"{err} at step {report['step']} (epoch {report['epoch']}); details in {run_dir / 'nan_report.json'}. "
+        f"{message} at step {report['step']} (epoch {report['epoch']}); details in {run_dir / 'nan_report.json'}. "
         "Try a lower optimizer.lr, trainer.grad_clip.max_norm=1.0, or trainer.precision=32. "
         f"The last good checkpoint is {last if last.exists() else 'not written yet'}."
     )
