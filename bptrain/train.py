@@ -76,7 +76,7 @@ from bptrain.resume import load_resume, run_dir_of, version_warning
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
 from bptrain.runlock import RunDirLock
 from bptrain.runlog import RunLog, create_run_dir, last_epoch_metrics, read_json, write_json
-from bptrain.runtime import Precision, seed_everything, sum_dtype
+from bptrain.runtime import Precision, rng_state, seed_everything, set_rng_state, sum_dtype
 from bptrain.steps import StepModule, UserStep, batch_size, check_user_step, to_device
 from bptrain.summary import bytes_per_rank, count_parameters, print_run_header, print_summary
 from bptrain.transfer import describe_init
@@ -780,6 +780,8 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     loss_sum, samples = distributed.sum_over_ranks(loop.epoch_loss_sum, loop.epoch_samples)
     metrics: dict[str, Any] = {"epoch": loop.epoch + 1, "train/loss": loss_sum / max(samples, 1)}
     run.guard.check_epoch_loss(metrics["train/loss"])
+    if loop.batch_in_epoch < len(run.data.train):  # max_steps ended the run mid-epoch
+        return _end_mid_epoch(run, progress, started, metrics)
     loop.epoch += 1
     loop.batch_in_epoch, loop.epoch_loss_sum, loop.epoch_samples = 0, 0.0, 0
     last_epoch = run.limits_reached()
@@ -818,6 +820,38 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     )
     if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
         run.save_last()
+    return metrics
+
+
+def _end_mid_epoch(
+    run: Run, progress: ConsoleProgress, started: float, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """max_steps reached mid-epoch: the run ends, its epoch does not. The final model is validated,
+    ranked (best.pt, top-k) and logged as the epoch so far, but the loop stays where it is, so
+    that raising max_steps and resuming continues at the next micro-batch exactly as a run that
+    never stopped: no epoch-wise or plateau schedule step, no early-stopping update, validation
+    leaves the RNG as it found it, and the epoch line comes after last.pt (a resume drops it)."""
+    loop = run.loop
+    validated = run.data.val is not None
+    if validated:
+        rng = rng_state()
+        metrics.update(_evaluate(run, run.data.val, "val", progress.validation))  # type: ignore[arg-type]
+        set_rng_state(rng)
+        run.guard.check_epoch_loss(metrics["val/loss"], "val/loss")  # nan_policy, as train/loss
+    metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    metrics["time"] = round(time.perf_counter() - started, 3)
+    run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
+    if run.dist.is_main:
+        best = run.tracker.update(
+            metrics, loop.epoch + 1, loop.step, run.checkpoint, run.export_best, run.writer
+        )
+        if best and run.cfg.trainer.checkpoint.save_best:
+            run.callbacks.on_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+    run.save_last()
+    run.log.log("epoch", loop.step, metrics)
+    progress.epoch_end(loop.epoch + 1, loop.step, metrics)
+    if validated:
+        run.callbacks.on_validation_end(loop.epoch + 1, loop.step, metrics)
     return metrics
 
 

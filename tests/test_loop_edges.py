@@ -1,4 +1,5 @@
-"""Edges of the loop: fp16 with nan_policy skip, the AMP-skip count across a resume."""
+"""Edges of the loop: fp16 with nan_policy skip, the AMP-skip count across a resume, and a
+run that max_steps stopped mid-epoch, extended and resumed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import signal
 import textwrap
 
 import pytest
-from ckpt_helpers import run_dirs, run_fit, signal_at_step, tiny_config
+from ckpt_helpers import (
+    assert_same_weights,
+    metric_lines,
+    run_dirs,
+    run_fit,
+    signal_at_step,
+    tiny_config,
+    weights,
+)
 
 from bptrain.checkpoint import load_checkpoint
 
@@ -85,3 +94,25 @@ def test_fp16_amp_skip_at_the_first_resumed_step_is_counted(tmp_path, poison, mo
     resumed = run_fit(cfg, resume="auto")
     assert resumed["nonfinite"] == straight["nonfinite"]
 
+
+def test_raising_max_steps_resumes_mid_epoch_bit_exactly(tmp_path):
+    """max_steps 15 stops in the middle of epoch 2 (10 steps per epoch): that epoch is not booked
+    as finished, so raising max_steps to 25 and resuming continues at its 6th micro-batch and
+    equals a run that went to 25 at once: every step and epoch line, and the final weights
+    (dropout draws from the RNG; the per-epoch schedule must not step at the early stop)."""
+    sections = {"scheduler": {"name": "step", "step_size": 1, "gamma": 0.7}}
+    straight = run_fit(tiny_config(tmp_path / "a", trainer={"max_steps": 25}, **sections))
+    short = run_fit(tiny_config(tmp_path / "b", trainer={"max_steps": 15}, **sections))
+    (run,) = run_dirs(tmp_path / "b")
+    progress = load_checkpoint(run / "checkpoints/last.pt")["progress"]
+    assert (progress["epoch"], progress["batch_in_epoch"], short["epochs"]) == (1, 5, 1)
+    assert "val/loss" in short["final"] and short["stop_reason"] == "max_steps reached"
+    cfg = tiny_config(tmp_path / "b", trainer={"max_steps": 25}, **sections)
+    resumed = run_fit(cfg, resume="auto")
+    (a,) = run_dirs(tmp_path / "a")
+    assert (
+        (resumed["steps"], resumed["epochs"]) == (25, 2) == (straight["steps"], straight["epochs"])
+    )
+    assert_same_weights(weights(a / "checkpoints/last.pt"), weights(run / "checkpoints/last.pt"))
+    assert metric_lines(a, ("step", "epoch")) == metric_lines(run, ("step", "epoch"))
+    assert resumed["final"] == straight["final"] | {"time": resumed["final"]["time"]}
