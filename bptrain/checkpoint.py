@@ -143,10 +143,16 @@ def _intact(path: Path) -> str:
 
 
 def remove_stale_tmp(directory: Path) -> list[Path]:
-    """Delete temporary files left by writes that a kill interrupted (never a finished checkpoint)."""
+    """Delete temporary files (and shard directories, ``.step-*.dcp.tmp``) left by writes that a
+    kill interrupted (never a finished checkpoint)."""
+    import shutil
+
     stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
     for tmp in stale:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
     return stale
 
 
@@ -174,9 +180,44 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by bptrain (or any weights-only file); refuse anything that needs code to load."""
+def load_checkpoint(
+    path: Path,
+    map_location: str | torch.device = "cpu",
+    shards: tuple[str, ...] = ("model",),
+) -> dict[str, Any]:
+    """Read a checkpoint written by bptrain (or any weights-only file); refuse anything that needs code to load.
+
+    A sharded checkpoint (its ``shards`` entry names a shard directory beside the file) gets
+    the full ``shards`` keys (``model``, ``optimizer``) read from that directory in this process,
+    so every reader sees one complete dict; ``shards=()`` leaves them to the caller (an FSDP
+    resume, where each rank reads its own slices) with ``shards["path"]`` resolved.
+    """
     path = Path(path)
+    state = _load_file(path, map_location)
+    if state.get("shards") is not None:
+        try:
+            _resolve_shards(state, path, shards)
+        except UserError:  # a live run may have moved on and pruned the directory: read again
+            state = _load_file(path, map_location)
+            _resolve_shards(state, path, shards)
+    return state
+
+
+def _resolve_shards(state: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
+    from bptrain.shards import read_shards  # imported here: only sharded checkpoints load DCP
+
+    ref = state["shards"]
+    name = ref.get("dir") if isinstance(ref, dict) else None
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise UserError(
+            f"{path} names no valid shard directory (shards: {ref!r}); the file is damaged{_ADVICE}"
+        )
+    ref["path"] = str(path.parent / name)
+    if keys:
+        state.update(read_shards(path.parent / name, keys))
+
+
+def _load_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:

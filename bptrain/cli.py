@@ -43,6 +43,12 @@ config_app = typer.Typer(
     help="Inspect and check config files.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(config_app, name="config")
+checkpoint_app = typer.Typer(
+    help="Work with checkpoint files (sharded checkpoints: see docs/checkpointing.md).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(checkpoint_app, name="checkpoint")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
 OverridesArg = Annotated[
@@ -936,6 +942,56 @@ def config_schema() -> None:
     from bptrain.config import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+class ConsolidateFormat(str, Enum):
+    pt = "pt"
+    safetensors = "safetensors"
+
+
+@checkpoint_app.command()
+def consolidate(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (its checkpoints/last.pt) or a checkpoint file.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file (default: beside the checkpoint, <name>.consolidated.pt/.safetensors)."
+        ),
+    ] = None,
+    format: Annotated[
+        ConsolidateFormat,
+        typer.Option("--format", help="pt: a full checkpoint; safetensors: the weights alone."),
+    ] = ConsolidateFormat.pt,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was written as one JSON object.")
+    ] = False,
+) -> None:
+    """Write a sharded checkpoint (trainer.checkpoint.format: sharded) as one file.
+
+    The result loads wherever a last.pt does (eval, predict, export, model.init_from, --resume),
+    in one process, whatever the number of processes that wrote the shards.
+    """
+
+    def run_command() -> None:
+        from bptrain.consolidate import consolidate as write_consolidated
+
+        report = write_consolidated(target, output, format.value)
+        if as_json:
+            sys.stdout.write(json.dumps(report) + "\n")
+        else:
+            kind = "sharded" if report["sharded"] else "full"
+            typer.echo(
+                f"wrote {report['output']} ({report['format']}, {report['tensors']} model tensors) "
+                f"from the {kind} checkpoint {report['source']}"
+            )
+
+    _guarded(run_command)
 
 
 def main() -> None:

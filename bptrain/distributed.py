@@ -303,6 +303,12 @@ class NullLog:
     def close(self, summary: Any = None) -> None:
         pass
 
+    def layers(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def histograms(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
 
 # --------------------------------------------------------------------------- `fit --nproc`
 

@@ -200,12 +200,21 @@ class LogStepRecorder:
     true ones the user wants to read), ``after_update`` after ``optimizer.step()``; ``take``
     returns everything as floats in one host transfer. With ``arm_histograms`` before the step's
     forward pass, the step also keeps samples of activations, gradients and weights for histograms.
+
+    Under FSDP (``sharded``) every rank holds a slice of each parameter and its gradient: every
+    rank records, ``ShardedLayerNorms`` keeps per-layer sums of squares of the local slices, and
+    ``take`` (called by every rank at the same log step) adds them up across ranks in one
+    all-reduce, so the norms and ratios are those of the whole layers. Histograms of a slice
+    would mislead, so a sharded recorder keeps none.
     """
 
-    def __init__(self, model: nn.Module, grad_norms: bool = True) -> None:
+    def __init__(self, model: nn.Module, grad_norms: bool = True, sharded: bool = False) -> None:
         self.model = model
         self.grad_norms = grad_norms  # False: histograms only, no per-layer scalars
-        self.monitor = GradFlowMonitor(model)
+        self.sharded = sharded
+        self.monitor: GradFlowMonitor | ShardedLayerNorms = (
+            ShardedLayerNorms(model) if sharded else GradFlowMonitor(model)
+        )
         self.stats: dict[str, Tensor] = {}
         self.histograms: dict[str, Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -221,6 +230,8 @@ class LogStepRecorder:
 
             return hook
 
+        if self.sharded:
+            return
         self._armed = True
         for name, module in self.model.named_modules():
             if name and not list(module.children()) and not list(module.parameters(recurse=False)):
@@ -246,12 +257,109 @@ class LogStepRecorder:
                 self.histograms[f"weights/{name}"] = _sample(param)
 
     def take(self) -> dict[str, float]:
+        if isinstance(self.monitor, ShardedLayerNorms):
+            self.stats = self.monitor.reduce() if self.grad_norms else {}
         floats, self.stats = to_floats(self.stats), {}
         return floats
 
     def take_histograms(self) -> dict[str, Tensor]:
         taken, self.histograms = self.histograms, {}
         return taken
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's slice of an FSDP parameter or gradient (a DTensor); any other tensor as it is."""
+    to_local = getattr(t, "to_local", None)
+    return (to_local() if to_local is not None else t).detach()
+
+
+class ShardedLayerNorms(GradFlowMonitor):
+    """``fit``'s per-layer statistics under FSDP: local sums of squares, reduced once in ``reduce``.
+
+    ``grad_stats`` and ``update_ratios`` (the same calls ``LogStepRecorder`` makes on a
+    ``GradFlowMonitor``) keep per-layer Σ‖slice‖² of the gradients, of the update and of the
+    weights before it, and non-finite counts; ``reduce`` (a collective) sums the stacked vector
+    over ranks with one ``all_reduce`` and returns the usual keys. ‖layer‖ = sqrt(Σ over ranks
+    and parameters of ‖slice‖²) is exactly the norm of the whole, unsharded layer.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._sums: dict[str, Tensor] = {}
+        self._missing: list[int] = []
+
+    def _squares(self, tensors: list[Tensor], layer_ids: tuple[int, ...]) -> Tensor:
+        if not tensors:
+            return torch.zeros(len(self.layers))
+        norms = torch.stack(list(torch._foreach_norm(tensors))).float()
+        index = self._layer_index(norms.device, layer_ids)
+        return torch.zeros(len(self.layers), device=norms.device).index_add_(
+            0, index, norms.square()
+        )
+
+    def grad_stats(self) -> dict[str, Tensor]:
+        present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = [_local(self.params[i].grad) for i in present]  # type: ignore[arg-type]
+        ids = tuple(self.layer_of[i] for i in present)
+        self._missing = [0] * len(self.layers)
+        for i, p in enumerate(self.params):
+            if p.grad is None and p.requires_grad:
+                self._missing[self.layer_of[i]] += 1
+        has_grad = torch.zeros(len(self.layers))
+        has_grad[list(set(ids))] = 1.0
+        self._sums = {
+            "grad": self._squares(grads, ids),
+            "nonfinite": self._per_layer_count(
+                list(torch._foreach_norm(torch._foreach_sub(grads, grads), 0)), ids
+            )
+            if grads
+            else torch.zeros(len(self.layers)),
+            "has_grad": has_grad,
+        }
+        return {}
+
+    def snapshot_weights(self) -> None:
+        with torch.no_grad():
+            self._before = [_local(p).clone() for p in self.params]
+
+    def update_ratios(self) -> dict[str, Tensor]:
+        if self._before is None:
+            raise RuntimeError(
+                "call snapshot_weights() before optimizer.step(), then update_ratios()"
+            )
+        with torch.no_grad():
+            ids = tuple(self.layer_of)
+            deltas = torch._foreach_sub([_local(p) for p in self.params], self._before)
+            self._sums["delta"] = self._squares(deltas, ids)
+            self._sums["weight"] = self._squares(self._before, ids)
+        self._before = None
+        return {}
+
+    def reduce(self) -> dict[str, Tensor]:
+        """Sum the recorded local squares over ranks (one all-reduce) and finish the statistics."""
+        if not self._sums:
+            return {}
+        keys = list(self._sums)
+        device = self._sums["grad"].device
+        stacked = torch.stack([self._sums[k].to(device) for k in keys])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stacked)
+        sums = dict(zip(keys, stacked, strict=True))
+        self._sums = {}
+        stats: dict[str, Tensor] = {}
+        grad_norm = sums["grad"].sqrt()
+        ratio = sums["delta"].sqrt() / sums["weight"].sqrt() if "delta" in sums else None
+        for layer, path in enumerate(self.layers):
+            if sums["has_grad"][layer] > 0:
+                stats[GRAD_NORM + path] = grad_norm[layer]
+                stats[NONFINITE + path] = sums["nonfinite"][layer]
+            else:
+                stats[GRAD_NORM + path] = torch.full((), float("nan"), device=device)
+            if self._missing and self._missing[layer]:
+                stats[MISSING + path] = torch.full((), float(self._missing[layer]), device=device)
+            if ratio is not None:
+                stats[UPDATE_RATIO + path] = ratio[layer]
+        return stats
 
 
 def _sample(t: Tensor, limit: int = 65536) -> Tensor:

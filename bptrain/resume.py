@@ -21,7 +21,10 @@ def load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None,
     path = distributed.broadcast(resume_path(cfg, resume))  # under DDP rank 0 decides
     if path is None:
         return None, None
-    saved = {} if path.suffix == ".safetensors" else load_checkpoint(path)
+    # FSDP: each rank reads its own slices of a sharded checkpoint (RunState's `shards` part);
+    # any other run reads the full state of one (the optimizer keyed by parameter names)
+    shards = () if cfg.trainer.strategy == "fsdp" else ("model", "optimizer")
+    saved = {} if path.suffix == ".safetensors" else load_checkpoint(path, shards=shards)
     for key in ("model", "progress", "optimizer", "scaler", "rng"):
         if key not in saved:
             raise UserError(

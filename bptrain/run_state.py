@@ -8,10 +8,13 @@ A checkpoint also records the config, the data's shape and the versions that wro
 Finding the checkpoint to resume from is ``resume.py``'s job; writing files atomically
 is ``checkpoint.py``'s. The format is documented in docs/checkpointing.md.
 
-Format versions: 1 (bptrain 0.1, no ``format_version`` key) and 2 (this one: the same
-keys plus ``format_version``). Both load. A part's state may gain a key within a version
-(``nan_guard``'s ``prev_scale``, the fp16 AMP-skip detector's reference): its
-``load_state_dict`` reads it when present, and an older file leaves it fresh.
+Format versions: 1 (bptrain 0.1, no ``format_version`` key), 2 (the same keys plus
+``format_version``) and 3 (a sharded checkpoint: ``shards`` names the directory holding the
+model and optimizer, whose own entries are None; see ``shards.py``). All load; a full
+checkpoint is still written as format 2, so older bptrain versions keep reading it. A part's
+state may gain a key within a version (``nan_guard``'s ``prev_scale``, the fp16 AMP-skip
+detector's reference): its ``load_state_dict`` reads it when present, and an older file leaves
+it fresh.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from bptrain.errors import UserError
 from bptrain.runtime import rng_state, set_rng_state
 from bptrain.version import __version__
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest format this bptrain reads
+FULL_FORMAT_VERSION = 2  # what a full (unsharded) checkpoint is written as
 
 
 class Stateful(Protocol):
@@ -130,7 +134,7 @@ class RunState:
             key: None if part is None else part.state_dict() for key, part in self.parts.items()
         }
         state.update(
-            format_version=FORMAT_VERSION,
+            format_version=FORMAT_VERSION if state.get("shards") else FULL_FORMAT_VERSION,
             config=to_dict(self.config),
             data_spec={
                 "task": self.spec.task,
@@ -169,4 +173,6 @@ _HINTS = {
     "settings, or start a new run with model.init_from.",
     "scheduler": "Was scheduler.name changed? Resume with the original scheduler.",
     "scaler": "Was trainer.precision changed? Resume with the original precision.",
+    "shards": "Resume with the same model and optimizer settings, or start a new run with "
+    "model.init_from.",
 }

@@ -11,16 +11,17 @@ units whose parameters are gathered together: Linear and convolution layers, rec
 layers, embeddings, bptrain's residual blocks, transformer encoder layers, plus any class a
 ``class_path`` model names in ``trainer.fsdp_blocks``.
 
-Checkpoints stay single files that every command reads: ``ShardedState`` gathers the full
-model and optimizer state to rank 0's CPU (a collective: every rank calls ``gather`` at
-the same points) and loads a full state back by resharding it, so a run can resume on
-another number of processes.
+Checkpoints (``ShardedState``): with ``trainer.checkpoint.format: sharded`` (the default
+under fsdp) every rank writes its own shard with Distributed Checkpoint (``shards.py``);
+with ``full`` the full model and optimizer state is gathered to rank 0's CPU and written
+as one file. Both load back on any number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from bptrain.checkpoint import load_checkpoint, save_checkpoint
+from bptrain.errors import UserError
+from bptrain.shards import load_shards_into, prune, write_shards
 
 BLOCK_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -90,30 +95,54 @@ def no_gradient_sync(model: nn.Module) -> Iterator[None]:
 
 
 class ShardedState:
-    """The full (unsharded) model and optimizer state of an FSDP run, for single-file checkpoints.
+    """The model and optimizer state of an FSDP run, as its checkpoints hold it.
 
-    ``gather(step)`` is a collective that every rank calls at the same points; rank 0 keeps the
-    result on its CPU (the other ranks get empty dicts) until the step changes. ``model_part``
-    and ``optimizer_part`` are the checkpoint contract's ``model`` and ``optimizer`` entries.
+    Two formats (``trainer.checkpoint.format``). ``full``: ``gather(step)`` collects the full
+    model and optimizer state on rank 0's CPU, and ``model_part``/``optimizer_part`` are the
+    checkpoint contract's ``model`` and ``optimizer`` entries (one self-contained file).
+    ``sharded``: ``gather(step)`` has every rank write its own shard (``shards.write_shards``)
+    and ``shards_part`` names that directory in the checkpoint file, whose ``model`` and
+    ``optimizer`` entries are then empty. ``gather`` is a collective that every rank calls at
+    the same points, at most once per step. Either format loads into either (and on any
+    number of processes): ``load`` reshards a full state, ``shards_part`` loads shards.
     """
 
     _OPTIONS = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        directory: Path,
+        sharded_files: bool = False,
+    ) -> None:
         self.model, self.optimizer = model, optimizer
+        self.directory, self.sharded_files = directory, sharded_files
         self._step: int | None = None
+        self._weights_step: int | None = None
         self.model_state: dict[str, Any] = {}
         self.optimizer_state: dict[str, Any] = {}
+        self.shard_dir: str | None = None  # the shard directory of the last sharded gather
         self.model_part, self.optimizer_part = _Part(self, "model"), _Part(self, "optimizer")
+        self.shards_part = _ShardsPart(self)
 
-    def gather(self, step: int) -> None:
-        if self._step == step:
+    def gather(self, step: int, weights: bool = True) -> None:
+        """Collect the state of `step` for a checkpoint. Sharded: each rank writes its shard, and
+        with `weights` the full model weights also come to rank 0 (the .safetensors exports)."""
+        if not self.sharded_files:
+            if self._step != step:
+                self.model_state = get_model_state_dict(self.model, options=self._OPTIONS)
+                self.optimizer_state = get_optimizer_state_dict(
+                    self.model, self.optimizer, options=self._OPTIONS
+                )
+                self._step = self._weights_step = step
             return
-        self.model_state = get_model_state_dict(self.model, options=self._OPTIONS)
-        self.optimizer_state = get_optimizer_state_dict(
-            self.model, self.optimizer, options=self._OPTIONS
-        )
-        self._step = step
+        if self._step != step:
+            self.shard_dir = write_shards(self.model, self.optimizer, self.directory, step)
+            self._step = step
+        if weights and self._weights_step != step:
+            self.model_state = get_model_state_dict(self.model, options=self._OPTIONS)
+            self._weights_step = step
 
     def load(self, which: str, state: dict[str, Any]) -> None:
         """Every rank loads the full state it read from the file; FSDP keeps this rank's shard."""
@@ -122,15 +151,58 @@ class ShardedState:
             set_model_state_dict(self.model, state, options=options)
         else:
             set_optimizer_state_dict(self.model, self.optimizer, state, options=options)
-        self._step = None
+        self._step = self._weights_step = None
+
+    def write_file(self, state: dict[str, Any], path: Path) -> None:
+        """Write a checkpoint file (rank 0; maybe on the background writer), then delete the shard
+        directories that no checkpoint file names any more. A directory of this step or a later
+        one is kept: the loop may already have written the next one while this file was queued."""
+        save_checkpoint(state, path)
+        shards = state.get("shards")
+        if shards is not None:
+            prune(path.parent, referenced_shards(path.parent), keep_from=shards["dir"])
+
+
+def referenced_shards(directory: Path) -> set[str]:
+    """The shard directories that the checkpoint files in `directory` name."""
+    names = set()
+    for path in directory.glob("*.pt"):
+        try:
+            state = load_checkpoint(path, shards=())
+        except UserError:
+            continue  # an unreadable file cannot be resumed from anyway
+        shards = state.get("shards")
+        if isinstance(shards, dict) and isinstance(shards.get("dir"), str):
+            names.add(shards["dir"])
+    return names
 
 
 class _Part:
     def __init__(self, owner: ShardedState, which: str) -> None:
         self.owner, self.which = owner, which
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.owner.sharded_files:
+            return None  # in the shard directory that the `shards` entry names
         return self.owner.model_state if self.which == "model" else self.owner.optimizer_state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.owner.load(self.which, state)
+
+
+class _ShardsPart:
+    """The checkpoint's ``shards`` entry: which directory holds the model and optimizer shards."""
+
+    def __init__(self, owner: ShardedState) -> None:
+        self.owner = owner
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if not self.owner.sharded_files:
+            return None
+        world_size = torch.distributed.get_world_size()
+        return {"dir": self.owner.shard_dir, "world_size": world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """`state` as ``load_checkpoint`` returns it: ``path`` is the directory, resolved."""
+        load_shards_into(self.owner.model, self.owner.optimizer, Path(state["path"]))
+        self.owner._step = self.owner._weights_step = None

@@ -212,7 +212,7 @@ class Run:
     adversarial: AdversarialTraining | None  # trainer.adversarial: attack each training batch
     stop: StopFlag
     resumed_from: Path | None
-    sharded: ShardedState | None = None  # FSDP: the full state, gathered for checkpoints
+    sharded: ShardedState | None = None  # FSDP: the state its checkpoints hold (full or sharded)
     pruning: Any = None  # a search's trial: asked after each validation whether to stop
     pruned: bool = False
     writer: BackgroundWriter | None = None  # trainer.checkpoint.async_write
@@ -259,21 +259,24 @@ class Run:
         self.loop.metrics_bytes = self.log.jsonl.tell()
         return self.state.save()
 
-    def gather(self) -> None:
-        """FSDP: collect the full state on rank 0 before a checkpoint (every rank calls this)."""
+    def gather(self, weights: bool = True) -> None:
+        """FSDP, before a checkpoint (every rank calls this): the full state to rank 0, or each
+        rank's shard to disk (trainer.checkpoint.format); `weights`: also the full weights for
+        the .safetensors exports."""
         if self.sharded is not None:
-            self.sharded.gather(self.loop.step)
+            self.sharded.gather(self.loop.step, weights)
 
     def save_last(self) -> None:
         if self.cfg.trainer.checkpoint.save_last:
             path = self.run_dir / "checkpoints" / "last.pt"
             with self.stop.saving():
-                self.gather()
+                self.gather(weights=False)
+                write = self.sharded.write_file if self.sharded else save_checkpoint
                 if self.dist.is_main:
                     if self.writer is None:
-                        save_checkpoint(self.checkpoint(), path)
+                        write(self.checkpoint(), path)
                     else:  # the loop waits for the copy to host memory, not for the disk
-                        self.writer.submit(save_checkpoint, host_copy(self.checkpoint()), path)
+                        self.writer.submit(write, host_copy(self.checkpoint()), path)
             # rank 0 only (CallbackList.enabled); with async_write the file may still be in flight
             self.callbacks.on_checkpoint(path)
 
@@ -318,7 +321,6 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     # FSDP shards the model in place: the optimizer comes after
     forward = _forward(cfg, parts, dist)
     optimizer = build_optimizer(cfg.optimizer, model)
-    sharded = _sharded_state(model, optimizer) if cfg.trainer.strategy == "fsdp" else None
     total_steps = _total_steps(cfg, data.train)
     # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
     loop = LoopState(schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps)
@@ -338,6 +340,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         else None
     )
     ckpt, es = cfg.trainer.checkpoint, cfg.trainer.early_stopping
+    sharded = _sharded_state(model, optimizer, cfg, run_dir / "checkpoints")
     tracker = CheckpointTracker(
         run_dir / "checkpoints", ckpt.monitor, ckpt.mode, ckpt.save_top_k, ckpt.save_best
     )
@@ -355,6 +358,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         {
             "model": sharded.model_part if sharded else model,
             "optimizer": sharded.optimizer_part if sharded else optimizer,
+            **({"shards": sharded.shards_part} if sharded else {}),  # format sharded: shard dir
             "scheduler": scheduler,
             "scaler": precision.scaler,
             "progress": loop,
@@ -389,7 +393,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     if layers is not None:
         console.print(layers)
     console.print(dist.describe(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches))
-    recorder = _layer_recorder(cfg, model, sharded is not None, dist.is_main)
+    recorder = _layer_recorder(cfg, model, cfg.trainer.strategy == "fsdp", dist.is_main)
     stop, writer = _signals_and_writer(ckpt.async_write and dist.is_main)
     guard.stop_signal = lambda: stop.signum  # agreed across ranks with the guard's verdict
     return Run(
@@ -410,12 +414,12 @@ def _layer_recorder(
 ) -> LogStepRecorder | None:
     """Per-layer norms go to grad_norms.jsonl (and TensorBoard); histograms only to TensorBoard.
 
-    Rank 0 records; per-layer views of sharded gradients: not yet.
+    Rank 0 records; under FSDP every rank does (its slices), and the norms are reduced over ranks.
     """
     record_layers = cfg.logging.grad_norms or (cfg.logging.histograms and cfg.logging.tensorboard)
-    if not record_layers or sharded or not is_main:
+    if not record_layers or not (is_main or sharded):
         return None
-    return LogStepRecorder(model, grad_norms=cfg.logging.grad_norms)
+    return LogStepRecorder(model, grad_norms=cfg.logging.grad_norms, sharded=sharded)
 
 
 def _layer_table(model: nn.Module, data: DataBundle, device: torch.device) -> Any:
@@ -517,13 +521,15 @@ def _forward(cfg: Config, parts: Components, dist: distributed.Dist) -> nn.Modul
     )
 
 
-def _sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> ShardedState | None:
-    """FSDP: the full-state view checkpoints need (None in an unlaunched process: nothing sharded)."""
-    if not torch.distributed.is_initialized():
+def _sharded_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, directory: Path
+) -> ShardedState | None:
+    """FSDP: the state checkpoints hold, full or sharded (None unless strategy fsdp is launched)."""
+    if cfg.trainer.strategy != "fsdp" or not torch.distributed.is_initialized():
         return None
     from bptrain.sharding import ShardedState  # imported here: only FSDP runs load FSDP
 
-    return ShardedState(model, optimizer)
+    return ShardedState(model, optimizer, directory, cfg.trainer.checkpoint.format != "full")
 
 
 def _signals_and_writer(background: bool) -> tuple[StopFlag, BackgroundWriter | None]:

@@ -1,7 +1,10 @@
 """FSDP2 on CPU with gloo (``trainer.strategy: fsdp``): real two-process runs through ``fit --nproc``.
 
 FSDP with batch 32 on each of two ranks must train exactly like one process with batch 64 and
-like DDP, hold less per rank, resume bit-exactly, and resume on another number of processes.
+like DDP (losses and per-layer gradient norms), hold less per rank, resume bit-exactly, and
+resume on another number of processes. Its checkpoints are sharded (every rank writes its
+shard with DCP, ``bptrain/shards.py``) and every reader (eval, load_run, init_from,
+``bptrain checkpoint consolidate``) reads them in one process.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from bptrain.checkpoint import load_checkpoint
+from bptrain.cli import app
 from bptrain.config import load_config
 from bptrain.errors import UserError
 from bptrain.train import fit
@@ -61,9 +68,17 @@ def _step_losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("fsdp")
-    result = _launch(cwd, *COMMON, "data.batch_size=16", "trainer.strategy=fsdp")
+    # a sharded checkpoint (format auto) every 7 steps: the shard directories replace each other
+    every = ["trainer.checkpoint.every_n_steps=7", "trainer.checkpoint.save_top_k=2"]
+    result = _launch(cwd, *COMMON, *every, "data.batch_size=16", "trainer.strategy=fsdp")
     assert result.returncode == 0, result.stdout + result.stderr
     return _run_dir(cwd / "runs")
+
+
+def _layer_rows(run: Path) -> list[list[float]]:
+    lines = [json.loads(line) for line in (run / "grad_norms.jsonl").read_text().splitlines()]
+    assert lines[0] == {"layers": ["net.0", "net.2", "net.4"]}
+    return [r["grad_norm"] + r["update_ratio"] for r in lines[1:]]
 
 
 def test_fsdp_trains_like_one_process_and_like_ddp(fsdp_run, tmp_path, monkeypatch):
@@ -78,6 +93,14 @@ def test_fsdp_trains_like_one_process_and_like_ddp(fsdp_run, tmp_path, monkeypat
     assert len(ours) == len(theirs) == len(reference) == 50
     assert ours == pytest.approx(reference, rel=1e-5)
     assert ours == pytest.approx(theirs, rel=1e-5)
+    # per-layer norms and update ratios of the whole layers, not of one rank's slices
+    # (grad_norms.jsonl keeps 4 significant digits)
+    layers, ddp_layers = _layer_rows(fsdp_run), _layer_rows(_run_dir(cwd / "runs"))
+    assert len(layers) == len(ddp_layers) == 50
+    for mine, ddp, one in zip(
+        layers, ddp_layers, _layer_rows(Path(single["run_dir"])), strict=True
+    ):
+        assert mine == pytest.approx(ddp, rel=2e-3) and mine == pytest.approx(one, rel=2e-3)
 
 
 def test_fsdp_holds_at_most_0_6_of_ddp_per_rank(fsdp_run, tmp_path):
@@ -88,15 +111,136 @@ def test_fsdp_holds_at_most_0_6_of_ddp_per_rank(fsdp_run, tmp_path):
     assert sharded["total"] <= 0.6 * replicated["memory_per_rank"]["total"]
 
 
-def test_fsdp_checkpoint_is_a_plain_single_file_that_eval_reads(fsdp_run):
-    state = load_checkpoint(fsdp_run / "checkpoints" / "last.pt")  # weights_only=True
-    assert state["model"]["net.0.weight"].shape == (64, 64)  # full, not a shard
-    from bptrain.inference import evaluate_checkpoint
+def test_every_rank_writes_its_shard_and_the_run_keeps_only_named_shards(fsdp_run):
+    ckpts = fsdp_run / "checkpoints"
+    pointer = load_checkpoint(ckpts / "last.pt", shards=())  # the file alone, weights_only
+    assert pointer["format_version"] == 3
+    assert pointer["model"] is None and pointer["optimizer"] is None
+    assert pointer["shards"]["world_size"] == 2 and pointer["progress"]["step"] == 50
+    shard_dir = ckpts / pointer["shards"]["dir"]
+    assert sorted(p.name for p in shard_dir.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    # every 7 steps wrote a directory; only those a checkpoint file names are left, none half-written
+    named = {load_checkpoint(p, shards=())["shards"]["dir"] for p in ckpts.glob("*.pt")}
+    assert {p.name for p in ckpts.glob("*.dcp")} == named
+    assert not list(ckpts.glob(".*"))
 
+
+def test_eval_load_run_and_init_from_read_a_sharded_checkpoint(fsdp_run, tmp_path, monkeypatch):
+    last = fsdp_run / "checkpoints" / "last.pt"
+    final = load_file(fsdp_run / "checkpoints" / "last.safetensors")  # the run's final weights
+    full = load_checkpoint(last)  # the shards read in this one process
+    assert full["model"].keys() == final.keys()
+    assert all(torch.equal(full["model"][k], v) for k, v in final.items())
     summary = json.loads((fsdp_run / "summary.json").read_text())
-    cfg = load_config(fsdp_run / "config.yaml", ["trainer.strategy=auto"])
-    evaluated = evaluate_checkpoint(cfg, fsdp_run / "checkpoints" / "last.pt", "val")
-    assert evaluated["val/acc"] == summary["final"]["val/acc"]
+    config = str(fsdp_run / "config.yaml")
+    args = ["eval", config, "trainer.strategy=auto", "--checkpoint", str(last), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (
+        json.loads(result.output.strip().splitlines()[-1])["val/acc"] == summary["final"]["val/acc"]
+    )
+    from bptrain.api import load_run
+
+    loaded = load_run(fsdp_run, quiet=True)  # its best.pt: a sharded checkpoint too
+    assert loaded.model(torch.zeros(3, 64)).shape == (3, 10)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(QUICKSTART, [*COMMON, "trainer.max_steps=1", f"model.init_from={last}"])
+    assert fit(cfg, Console(quiet=True))["steps"] == 1
+
+
+def test_consolidate_writes_one_file_that_resume_and_eval_read(fsdp_run, tmp_path):
+    out, weights = tmp_path / "full.pt", tmp_path / "weights.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(app, ["checkpoint", "consolidate", str(fsdp_run), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    last = str(fsdp_run / "checkpoints" / "last.pt")
+    args = ["checkpoint", "consolidate", last, "--format", "safetensors", "--output", str(weights)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    full, final = load_checkpoint(out), load_file(fsdp_run / "checkpoints" / "last.safetensors")
+    assert "shards" not in full and full["format_version"] == 2
+    assert all(torch.equal(full["model"][k], v) for k, v in final.items())
+    assert all(torch.equal(load_file(weights)[k], v) for k, v in final.items())
+    assert set(full["optimizer"]["state"]) == set(final)  # every parameter's AdamW moments
+    assert full["progress"]["step"] == 50 and full["rng"] is not None
+    # a consolidated file resumes under fsdp as a full checkpoint does (here: nothing left to train)
+    resumed = _launch(
+        tmp_path, *COMMON, "data.batch_size=16", "trainer.strategy=fsdp", "--resume", str(out)
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((_run_dir(tmp_path / "runs") / "summary.json").read_text())["steps"] == 50
+
+
+def _copy_checkpoint(fsdp_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(fsdp_run / "checkpoints", ckpts)
+    last = ckpts / "last.pt"
+    return last, ckpts / load_checkpoint(last, shards=())["shards"]["dir"]
+
+
+def _eval(fsdp_run: Path, checkpoint: Path):
+    return CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(fsdp_run / "config.yaml"),
+            "trainer.strategy=auto",
+            "--checkpoint",
+            str(checkpoint),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "shard directory .* is missing"),
+        ("unfinished", "incomplete \\(no .metadata: its write never finished\\)"),
+        ("truncated", "damaged or incomplete"),
+        ("garbage_index", "damaged or incomplete"),
+    ],
+)
+def test_a_damaged_sharded_checkpoint_is_a_clear_error(fsdp_run, tmp_path, damage, message):
+    import shutil
+
+    last, shard_dir = _copy_checkpoint(fsdp_run, tmp_path)
+    if damage == "missing":
+        shutil.rmtree(shard_dir)
+    elif damage == "unfinished":  # what a kill before the index was written leaves
+        (shard_dir / ".metadata").unlink()
+    elif damage == "truncated":
+        shard = shard_dir / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:100])
+    else:
+        (shard_dir / ".metadata").write_bytes(b"not a pickle at all")
+    result = _eval(fsdp_run, last)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    import re
+
+    assert re.search(message, " ".join(result.output.split())), result.output
+
+
+def test_a_crafted_shard_index_is_refused_and_never_runs(fsdp_run, tmp_path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    last, shard_dir = _copy_checkpoint(fsdp_run, tmp_path)
+    (shard_dir / ".metadata").write_bytes(pickle.dumps(Payload()))
+    result = _eval(fsdp_run, last)
+    assert result.exit_code == 2, result.output
+    assert "not a DCP metadata record" in " ".join(result.output.split())
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_fsdp_resume_is_bit_exact_and_continues_on_another_world_size(tmp_path):
@@ -111,16 +255,24 @@ def test_fsdp_resume_is_bit_exact_and_continues_on_another_world_size(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     # bit for bit on the same world size
     assert _step_losses(run) == _step_losses(_run_dir(tmp_path / "a" / "runs"))
-    # 2 -> 1 process: the full state reshards onto one rank and the run finishes its steps
+    # 2 -> 1 -> 2 processes: DCP reshards the checkpoint onto the ranks there are; the run
+    # finishes its configured steps
     more = ["trainer.max_epochs=5", "trainer.max_steps=60", "--resume", str(run)]
     one = _launch(tmp_path / "b", *fsdp, *more, nproc=1)
     assert one.returncode == 0, one.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 60
+    assert load_checkpoint(run / "checkpoints" / "last.pt", shards=())["shards"]["world_size"] == 1
+    more = ["trainer.max_epochs=5", "trainer.max_steps=70", "--resume", str(run)]
+    two = _launch(tmp_path / "b", *fsdp, *more, nproc=2)
+    assert two.returncode == 0, two.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 70
 
 
 def test_fsdp_refuses_fp16_and_an_unlaunched_process(tmp_path):
     with pytest.raises(UserError, match="fsdp with precision fp16"):
         load_config(QUICKSTART, ["trainer.strategy=fsdp", "trainer.precision=fp16"])
+    with pytest.raises(UserError, match="format sharded needs strategy fsdp"):
+        load_config(QUICKSTART, ["trainer.checkpoint.format=sharded"])
     cfg = load_config(QUICKSTART, ["trainer.strategy=fsdp", f"logging.run_dir={tmp_path}"])
     with pytest.raises(UserError, match="not started by a distributed launcher"):
         fit(cfg, Console(quiet=True))

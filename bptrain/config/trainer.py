@@ -48,6 +48,8 @@ class CheckpointConfig(Section):
     """Also write last.pt every N optimizer steps, mid-epoch (for long epochs and preemptible jobs)."""
     async_write: bool = True
     """Write last.pt (and best.pt, best.safetensors, top-k files) on a background thread: the loop only waits for the copy of the state to host memory, not for the disk. The write is still atomic (a kill during it leaves the previous last.pt), writes happen in order, and the run waits for the last one before it exits. false writes in the loop."""
+    format: Literal["auto", "full", "sharded"] = "auto"
+    """How the model and optimizer state is written. full: inside each .pt file (gathered to rank 0 under fsdp). sharded (strategy fsdp only): every rank writes its own shard into a step-N.dcp/ directory beside the .pt file, which holds the rest of the run's state and names that directory; eval, predict, export and init_from read it in one process, and `bptrain checkpoint consolidate` makes a single file of it. auto: sharded under strategy fsdp, else full. See docs/checkpointing.md."""
 
 
 class EarlyStoppingConfig(Section):
@@ -125,6 +127,11 @@ class TrainerConfig(Section):
     @model_validator(mode="after")
     def _fsdp_combinations(self) -> TrainerConfig:
         if self.strategy != "fsdp":
+            if self.checkpoint.format == "sharded":
+                raise ValueError(
+                    "trainer.checkpoint.format sharded needs strategy fsdp (without it every rank "
+                    "holds the whole state, and one file holds it); use format auto or full"
+                )
             return self
         if self.precision == "fp16":
             raise ValueError(
