@@ -256,12 +256,13 @@ def test_fsdp_resume_is_bit_exact_and_continues_on_another_world_size(tmp_path):
     # bit for bit on the same world size
     assert _step_losses(run) == _step_losses(_run_dir(tmp_path / "a" / "runs"))
     # 2 -> 1 -> 2 processes: DCP reshards the checkpoint onto the ranks there are; the run
-    # finishes its configured steps
+    # finishes its configured steps. The middle leg writes format full: each format reads the other.
     more = ["trainer.max_epochs=5", "trainer.max_steps=60", "--resume", str(run)]
-    one = _launch(tmp_path / "b", *fsdp, *more, nproc=1)
+    one = _launch(tmp_path / "b", *fsdp, *more, "trainer.checkpoint.format=full", nproc=1)
     assert one.returncode == 0, one.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 60
-    assert load_checkpoint(run / "checkpoints" / "last.pt", shards=())["shards"]["world_size"] == 1
+    full = load_checkpoint(run / "checkpoints" / "last.pt", shards=())
+    assert full["shards"] is None and full["model"]["net.0.weight"].shape == (64, 64)
     more = ["trainer.max_epochs=5", "trainer.max_steps=70", "--resume", str(run)]
     two = _launch(tmp_path / "b", *fsdp, *more, nproc=2)
     assert two.returncode == 0, two.stderr
@@ -276,3 +277,66 @@ def test_fsdp_refuses_fp16_and_an_unlaunched_process(tmp_path):
     cfg = load_config(QUICKSTART, ["trainer.strategy=fsdp", f"logging.run_dir={tmp_path}"])
     with pytest.raises(UserError, match="not started by a distributed launcher"):
         fit(cfg, Console(quiet=True))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("BPTRAIN_SLOW") != "1", reason="slow: run with BPTRAIN_SLOW=1")
+def test_sigkill_during_sharded_writes_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGKILL the launcher and both ranks while they write shards every step, twice; each time
+    last.pt and the directory it names load, and the resumed run finishes (minutes: slow)."""
+    import random
+    import signal
+    import time
+
+    args = [*COMMON, "data.batch_size=16", "trainer.strategy=fsdp", "trainer.max_epochs=20"]
+    args += ["trainer.max_steps=120", "trainer.checkpoint.every_n_steps=1", "logging.report=false"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "bptrain", "fit", str(QUICKSTART), *args, "--nproc", "2"]
+    rng, killed_at = random.Random(0), -1
+    for kill in range(2):
+        proc = subprocess.Popen(
+            [*command, "--resume", "auto"] if kill else command, cwd=tmp_path, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while _newest_step(tmp_path) <= killed_at + 2:  # training (and writing) again
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the run ended or stalled: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 1.0))
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher and both ranks
+            os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+        last = load_checkpoint(_run_dir(tmp_path / "runs") / "checkpoints" / "last.pt")
+        assert last["model"]["net.0.weight"].shape == (64, 64)  # complete, shards and all
+        killed_at = last["progress"]["step"]
+    done = _launch(tmp_path, *args, "--resume", "auto")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((_run_dir(tmp_path / "runs") / "summary.json").read_text())["steps"] == 120
+
+
+def _newest_step(cwd: Path) -> int:
+    runs = [p for p in cwd.glob("runs/*/*/checkpoints/last.pt")]
+    try:
+        return load_checkpoint(runs[0], shards=())["progress"]["step"] if runs else -1
+    except UserError:
+        return -1
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torch's launcher may start its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
