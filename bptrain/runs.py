@@ -28,6 +28,7 @@ import yaml
 
 from bptrain.config_diff import differences, flatten
 from bptrain.errors import UserError
+from bptrain.safe_yaml import read_text, safe_load
 
 IGNORED_PREFIXES = ("logging.",)
 
@@ -93,8 +94,8 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 def read_run(path: Path) -> RunInfo:
     """Read one run directory; never raises for a run that is unfinished or half-written."""
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        config = safe_load(read_text(path / "config.yaml")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         config = {}
     info = RunInfo(path=path, status="running", config=flatten(config))
     records = _read_metrics(path / "metrics.jsonl")

@@ -134,6 +134,8 @@ def parse_distribution(key: str, text: str, where: str = "sweep axis") -> Axis |
     """``loguniform(1e-4,1e-1)`` and the like -> an ``Axis``; None when text is a list of values."""
     import yaml
 
+    from bptrain.safe_yaml import safe_load
+
     match = _DISTRIBUTION.fullmatch(text)
     name = match.group(1) if match is not None else ""
     if name.lower() in _MISSPELT or (name not in DISTRIBUTIONS and name.lower() in DISTRIBUTIONS):
@@ -152,9 +154,9 @@ def parse_distribution(key: str, text: str, where: str = "sweep axis") -> Axis |
     if kind == "choice":
         if len(parts) < 2 or not all(parts):
             raise UserError(f"{where} '{key}={text}': choice needs two or more values: {form}.")
-        return Axis(key, tuple(parts), kind="choice")
+        return Axis(key, tuple(_readable(key, text, parts, where)), kind="choice")
     try:
-        numbers = [yaml.safe_load(p) for p in parts]
+        numbers = [safe_load(p) for p in parts]
         numbers = [float(n) if isinstance(n, str) else n for n in numbers]
     except (yaml.YAMLError, ValueError):
         numbers = []
@@ -185,7 +187,28 @@ def parse_axis(argument: str, where: str = "sweep axis") -> Axis:
         raise UserError(f"{where} '{argument}': {err}; {SYNTAX}.") from None
     if any(not value for value in values):
         raise UserError(f"{where} '{argument}': a value is empty (write null for None); {SYNTAX}.")
-    return Axis(key, tuple(values))
+    return Axis(key, tuple(_readable(key, text, values, where)))
+
+
+def _readable(key: str, text: str, values: list[str], where: str) -> list[str]:
+    """`values`, each of which reads as YAML within bptrain's bounds (bptrain.safe_yaml).
+
+    Each value becomes a KEY=VALUE override later; one that is not YAML, or a YAML alias bomb,
+    is a usage error now, before any run starts, not one failed run per grid point."""
+    import yaml
+
+    from bptrain.safe_yaml import load_yaml
+
+    for value in values:
+        try:
+            load_yaml(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err)
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise UserError(
+                f"{where} '{key}={text[:80]}': the value {shown!r} is not valid YAML ({problem})."
+            ) from None
+    return values
 
 
 def parse_axes(arguments: list[str], where: str = "sweep axis") -> list[Axis]:

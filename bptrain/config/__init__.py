@@ -14,7 +14,7 @@ The package imports pydantic and yaml but never torch: ``config validate`` and
 - ``data``, ``model``, ``optim`` (loss, optimizer, scheduler), ``trainer`` (trainer, logging): the sections;
 - ``extend``: the user's own code: class_path variants of data/loss/optimizer/scheduler, ``metrics``, ``callbacks``;
 - ``schema``: the root ``Config`` and ``models_in``;
-- ``loading``: safe YAML with line numbers, overrides, ``load_config`` and ``validate_config``;
+- ``loading``: YAML (read by ``bptrain.safe_yaml``: safe, bounded) with line numbers, overrides, ``load_config`` and ``validate_config``;
 - ``compose``: ``base:`` includes, several files, ``${env:VAR}``, variant shorthands, origins;
 - ``error_messages``: validation errors with file, line, key path and a did-you-mean;
 - ``dump``: ``to_dict``, ``to_yaml`` and ``json_schema``.
@@ -54,7 +54,6 @@ from bptrain.config.extend import (
     MetricConfig,
 )
 from bptrain.config.loading import (
-    YamlLoader,
     apply_override,
     compose_config,
     load_config,
@@ -103,6 +102,7 @@ from bptrain.config.trainer import (
     MlflowConfig,
     TrainerConfig,
 )
+from bptrain.safe_yaml import YamlLoader
 
 __all__ = [
     "Activation",

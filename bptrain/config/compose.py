@@ -29,7 +29,9 @@ from typing import Any
 
 from bptrain.config.base import KeyPath
 from bptrain.config.schema import Config, models_in
+from bptrain.safe_yaml import MAX_NODES
 
+MAX_FILES = 100  # config files one config reads through base: (each once is a few)
 Parsed = tuple[Any, dict[KeyPath, int]]  # (data, {key path: line}) as the loader's parse_yaml gives
 
 # the sections chosen by a tag, and the tag's key
@@ -55,6 +57,8 @@ class Layers:
         self.notes: list[str] = []
         self.error = error  # ConfigError: exit 2 with the message
         self.fields = fields  # (section, tag value) -> the options that variant has
+        self.files_read = 0
+        self.values_read = 0  # bounded like one file: includes must not multiply (a diamond bomb)
 
     # ------------------------------------------------------------------ files
     def add_file(
@@ -62,6 +66,16 @@ class Layers:
     ) -> None:
         """Merge one file, its bases first."""
         data, lines = read(path)
+        self.files_read += 1
+        self.values_read += len(lines)
+        many = "base: [a.yaml, a.yaml, ...] in files that include each other? Include each once"
+        if self.files_read > MAX_FILES:
+            raise self.error(f"{path}: more than {MAX_FILES} config files read ({many}).")
+        if self.values_read > MAX_NODES:
+            raise self.error(
+                f"{path}: the config and its base: files hold more than {MAX_NODES:,} values "
+                f"(a config holds settings: keep data in data.path files; or {many})."
+            )
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -117,6 +131,7 @@ class Layers:
     # ------------------------------------------------------------------ overrides
     def override(self, keys: list[str], value: Any, text: str) -> None:
         """Apply one KEY=VALUE (keys already split) with the variant rules of a file layer."""
+        text = shown(text)  # as messages quote it
         origin = f"command-line override '{text}'"
         section = keys[0]
         if len(keys) == 1:  # a whole section replaces the old one (as it always has)
@@ -132,7 +147,7 @@ class Layers:
             old = self._expand(section, old)
             if not isinstance(old, dict):
                 raise self.error(
-                    f"override '{text}': {section} is a value ({old!r}), not a section with keys."
+                    f"override '{text}': {section} is a value ({shown(repr(old))}), not a section with keys."
                 )
             self.data[section] = old
         node = self.data.setdefault(section, {})
@@ -143,13 +158,14 @@ class Layers:
             if not isinstance(child, dict):
                 dotted = ".".join(keys[: depth + 1])
                 raise self.error(
-                    f"override '{text}': {dotted} is a value ({child!r}), not a section with keys."
+                    f"override '{text}': {dotted} is a value ({shown(repr(child))}), not a section with keys."
                 )
             node = child
         before = dict(self.data[section])
         node[keys[-1]] = value
         if len(keys) == 2:
             self._drop_stale(section, before, {keys[-1]: value}, f"override {text}")
+        self._forget(*keys)  # it replaced everything under its key: errors there are the override's
         self.origins[tuple(keys)] = origin
 
     # ------------------------------------------------------------------ variants
@@ -239,6 +255,11 @@ class Layers:
             if text not in _printed_notes:  # a sweep loads the same config many times
                 _printed_notes.add(text)
                 print(text, file=sys.stderr)
+
+
+def shown(text: str, width: int = 80) -> str:
+    """An override (or a value) as an error message quotes it: cut to `width` characters."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _deep_merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

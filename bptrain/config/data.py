@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from bptrain.config.base import Section
+from bptrain.config.base import Section, UsablePath
 
 
 class DataCommon(Section):
@@ -101,18 +100,22 @@ class DigitsData(DataCommon):
 
 class NpzData(DataCommon):
     source: Literal["npz"]
-    path: Path
+    path: UsablePath
     """An .npz file with arrays `x`, `y` and optionally `x_val`/`y_val` and `x_test`/`y_test`. Relative paths are resolved from the current directory."""
+    allow_non_finite: bool = False
+    """Accept NaN and infinite values in the file. By default loading refuses them, naming the first one: they make the loss NaN."""
 
 
 class CsvData(DataCommon):
     source: Literal["csv"]
-    path: Path
+    path: UsablePath
     """A CSV file with a header row; every column but the target is a numeric feature. Relative paths are resolved from the current directory."""
     target: str
     """Name of the target column. Integer-valued targets make a classification task, others regression."""
     task: Literal["auto", "classification", "regression"] = "auto"
     """Override the task inferred from the target column."""
+    allow_non_finite: bool = False
+    """Accept NaN and infinite values in the file. By default loading refuses them, naming the first one: they make the loss NaN."""
 
 
 class AddingData(SyntheticData):
@@ -170,7 +173,7 @@ class ShapesData(SyntheticData):
 class ImageFolderData(DataCommon):
     source: Literal["imagefolder"]
     """Images on disk as root/<class>/<image> (any format Pillow reads), one sub-directory per class in sorted order. Needs Pillow: pip install 'bptrain[images]'. Batches always come from a DataLoader with num_workers workers."""
-    root: Path
+    root: UsablePath
     """The directory holding one sub-directory per class. Relative paths are resolved from the current directory."""
     image_size: int = Field(32, ge=4)
     """Every image is resized to image_size x image_size."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -91,13 +92,23 @@ def _describe(problem: dict[str, Any], path: KeyPath, data: Any) -> str:
             str(got), re.findall(r"'([^']+)'", options), n=1, cutoff=0.6
         )
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        return f"got {got!r}; expected one of {options}.{hint}"
+        return f"got {_shown(got)}; expected one of {options}.{hint}"
     got = problem.get("input")
     msg = problem["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {_shown(got)})"
     return f"{msg}{shown}."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 8
+
+
+def _shown(value: Any) -> str:
+    """A value as an error quotes it: cut short, in time bounded however big the value is."""
+    return _REPR.repr(value)
 
 
 def _valid_keys(path: KeyPath, data: Any) -> list[str]:

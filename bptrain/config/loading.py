@@ -11,47 +11,34 @@ import yaml
 from pydantic import ValidationError
 
 from bptrain.config.base import KeyPath
-from bptrain.config.compose import Layers, split_files, variant_fields
+from bptrain.config.compose import Layers, shown, split_files, variant_fields
 from bptrain.config.error_messages import format_validation_error
 from bptrain.config.schema import Config
 from bptrain.errors import ConfigError, UserError
-
-# YAML 1.1 (PyYAML) reads `3e-4` as a string; users write it, so resolve floats as YAML 1.2 does.
-_FLOAT_RE = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
+from bptrain.safe_yaml import (
+    YamlTooBig,
+    load_yaml,
+    max_config_bytes,
+    read_text,
+    too_big_message,
 )
-
-
-class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no Python objects, ever) with YAML 1.2 scalars: 3e-4 is a float, `off` is a string."""
-
-
-# YAML 1.1 also reads yes/no/on/off as booleans, which turns `progress: off` into False.
-YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     """Parse YAML safely and return (data, {key path: line number}) for error messages."""
     try:
-        node = yaml.compose(text, Loader=YamlLoader)
+        data, node = load_yaml(text)
         lines: dict[KeyPath, int] = {}
         _index_lines(node, (), lines, source)
-        data = yaml.load(text, Loader=YamlLoader) if node is not None else None
+    except YamlTooBig as err:
+        raise ConfigError(f"{source}: {err}") from None
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         where = f"{source}, line {mark.line + 1}" if mark else source
+        if "unhashable" in str(err.problem):
+            raise ConfigError(
+                f"{where}: a key must be a plain name, not a list or mapping."
+            ) from None
         raise ConfigError(
             f"{where}: {err.problem}.\n  bptrain reads YAML with safe_load: Python object tags such as !!python/object "
             "are refused. Write plain values (numbers, strings, lists, mappings)."
@@ -70,8 +57,12 @@ def _index_lines(
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(
+                    f"{source}, line {line}: a key must be a plain name, not a list or mapping."
+                )
+            key = key_node.value
             if key in seen:
                 dotted = ".".join(str(p) for p in (*path, key))
                 raise ConfigError(
@@ -91,13 +82,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", key):
         raise ConfigError(
-            f"override '{text}': expected KEY=VALUE with a dotted key, e.g. optimizer.lr=3e-4 or model.hidden=[128,128]"
+            f"override '{shown(text)}': expected KEY=VALUE with a dotted key, e.g. optimizer.lr=3e-4 or model.hidden=[128,128]"
         )
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_config_bytes():
+        raise ConfigError(too_big_message(f"override '{shown(text)}'", size, max_config_bytes()))
     try:
-        parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else None
+        parsed = load_yaml(value)[0] if value.strip() else None
+    except YamlTooBig as err:
+        raise ConfigError(f"override '{shown(text)}': {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(
-            f"override '{text}': the value is not valid YAML ({getattr(err, 'problem', err)})"
+            f"override '{shown(text)}': the value is not valid YAML ({getattr(err, 'problem', err)})"
         ) from None
     return key.split("."), parsed
 
@@ -112,7 +108,7 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, text: str)
         if not isinstance(child, dict):
             dotted = ".".join(keys[: depth + 1])
             raise ConfigError(
-                f"override '{text}': {dotted} is a value ({child!r}), not a section with keys."
+                f"override '{shown(text)}': {dotted} is a value ({shown(repr(child))}), not a section with keys."
             )
         node = child
     # Changing a variant's name drops the options of the old variant only if they are unknown to the new one;
@@ -164,7 +160,9 @@ def compose_config(
 def read_file(path: Path) -> tuple[Any, dict[KeyPath, int]]:
     """One config file's values and line numbers; a missing or unreadable file is a usage error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
+    except YamlTooBig as err:
+        raise ConfigError(str(err)) from None
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
     except IsADirectoryError:
@@ -177,8 +175,8 @@ def read_file(path: Path) -> tuple[Any, dict[KeyPath, int]]:
 def parse_value(text: str) -> Any:
     """A scalar as YAML reads it (for ${env:...} values): 3e-4 is a float, [1, 2] a list."""
     try:
-        return yaml.load(text, Loader=YamlLoader) if text.strip() else None
-    except yaml.YAMLError:
+        return load_yaml(text)[0] if text.strip() else None
+    except yaml.YAMLError:  # not YAML, or beyond the bounds: the text as it is
         return text
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
-from bptrain.config.base import Section
+from bptrain.config.base import Section, usable_path
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu"]
 Init = Literal[
@@ -22,7 +22,7 @@ class TransferLearning(Section):
     Declared once so no model kind can lack one (cnn, rnn and transformer once lacked init_strict).
     """
 
-    init_from: Path | None = None
+    init_from: Annotated[Path | None, AfterValidator(usable_path)] = None
     """Start from the weights in this checkpoint (.pt) or .safetensors file (transfer learning; ignored when resuming)."""
     init_strict: bool = True
     """With init_from: every weight must match the model's keys and shapes. false loads the matching keys and reports the missing/unexpected ones (shapes must still match)."""

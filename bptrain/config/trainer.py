@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from bptrain.config.adversarial import AdversarialConfig
-from bptrain.config.base import Section
+from bptrain.config.base import Section, UsablePath
 
 # --------------------------------------------------------------------------- trainer
 
@@ -172,11 +172,15 @@ class MlflowConfig(Section):
     """MLflow run name; null: logging.name."""
 
 
+MAX_NAME_BYTES = 200
+"""logging.name is a directory name: 255 bytes at most on common file systems, less -sweep etc."""
+
+
 class LoggingConfig(Section):
-    run_dir: Path = Path("runs")
+    run_dir: UsablePath = Path("runs")
     """Parent directory of run directories: each run writes <run_dir>/<name>/<timestamp>/."""
     name: str | None = None
-    """Run name; defaults to the config file's name."""
+    """Run name; defaults to the config file's name. One directory name under run_dir: no '/', '\\' or '..', at most 200 bytes."""
     tensorboard: bool = True
     """Write TensorBoard events under <run>/tb/."""
     log_every_n_steps: int = Field(50, ge=1)
@@ -193,3 +197,25 @@ class LoggingConfig(Section):
     """Console progress: auto is a live bar on a terminal and one plain line per log interval otherwise (batch jobs, CI)."""
     mlflow: MlflowConfig | None = None
     """Also log to MLflow (`logging.mlflow: {tracking_uri: sqlite:///mlflow.db}`); null: off."""
+
+    @field_validator("name")
+    @classmethod
+    def _one_directory_name(cls, value: str | None) -> str | None:
+        """The run directory is <run_dir>/<name>/...: a name must not lead outside run_dir."""
+        if value is None:
+            return value
+        if (
+            value.strip() in ("", ".", "..")
+            or any(c in value for c in "/\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        ):
+            raise ValueError(
+                "must be one directory name inside logging.run_dir: no '/', '\\', control "
+                "characters, and not '', '.' or '..' (set logging.run_dir to choose where runs go)"
+            )
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"must be one directory name of at most {MAX_NAME_BYTES} bytes (file systems "
+                "allow 255, and sweeps and searches add a suffix)"
+            )
+        return value

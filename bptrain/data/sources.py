@@ -63,9 +63,9 @@ def read_source(cfg: object, seed: int, class_names: list[str] | None = None) ->
     if isinstance(cfg, DigitsData):
         return Splits(read_digits(cfg.flatten))
     if isinstance(cfg, NpzData):
-        return read_npz(cfg.path)
+        return read_npz(cfg.path, cfg.allow_non_finite)
     if isinstance(cfg, CsvData):
-        table = read_csv(cfg.path, cfg.target, cfg.task, class_names)
+        table = read_csv(cfg.path, cfg.target, cfg.task, class_names, cfg.allow_non_finite)
         return Splits(
             (table.x, table.y), class_names=table.class_names, feature_names=table.features
         )
@@ -121,7 +121,8 @@ def first_non_finite(array: np.ndarray) -> tuple[int, ...] | None:
 
 _NON_FINITE_FIX = (
     "A NaN or infinity in the data makes the loss NaN for every batch that holds it. Clean the "
-    "data: replace or drop the samples that hold them."
+    "data: replace or drop the samples that hold them (or, to train on them anyway, set "
+    "data.allow_non_finite: true)."
 )
 
 
@@ -180,11 +181,19 @@ class CsvTable:
     class_names: list[str] | None  # string labels in index order; None for numeric targets
 
 
-def read_csv(path: Path, target: str, task: str, class_names: list[str] | None = None) -> CsvTable:
+def read_csv(
+    path: Path,
+    target: str,
+    task: str,
+    class_names: list[str] | None = None,
+    allow_non_finite: bool = False,
+) -> CsvTable:
     """A csv with a header: every column but `target` is a numeric feature.
 
     String labels become class indices in sorted order, or by `class_names` when given
-    (a trained model's mapping; an unknown label is an error naming it).
+    (a trained model's mapping; an unknown label is an error naming it). A NaN or infinite
+    feature or numeric target (`nan`, `inf`, `1e39` beyond float32) is refused naming its line
+    and column, unless `allow_non_finite`.
     """
     _check_file(path, "data.path")
     header, body = read_csv_rows(path, "data.path")
@@ -198,8 +207,38 @@ def read_csv(path: Path, target: str, task: str, class_names: list[str] | None =
     features = [i for i in range(len(header)) if i != t]
     x = csv_features(path, header, body, features)
     labels = [row[t] for row in body]
+    if not allow_non_finite:
+        _refuse_non_finite_csv(path, header, body, x, features, t)
     y, names = _csv_targets(labels, task, path, class_names)
     return CsvTable(x, y, [header[i] for i in features], names)
+
+
+def _refuse_non_finite_csv(
+    path: Path,
+    header: list[str],
+    body: list[list[str]],
+    x: np.ndarray,
+    features: list[int],
+    target: int,
+) -> None:
+    """The first NaN/infinite feature, or numeric target, as an error naming its line and column."""
+    found: list[tuple[int, int]] = []
+    bad = first_non_finite(x)
+    if bad is not None:
+        found.append((bad[0], features[bad[1]]))
+    try:
+        targets = np.array([float(row[target]) for row in body], dtype=np.float64)
+    except ValueError:
+        targets = None  # string labels: class names, never a number
+    bad = None if targets is None else first_non_finite(targets)
+    if bad is not None:
+        found.append((bad[0], target))
+    if found:
+        row, col = min(found)
+        raise UserError(
+            f"{path}, line {row + 2}, column '{header[col]}': {body[row][col]!r} is not a finite "
+            "float32 number. " + _NON_FINITE_FIX
+        )
 
 
 def read_csv_rows(path: Path, key: str) -> tuple[list[str], list[list[str]]]:
@@ -216,6 +255,7 @@ def read_csv_rows(path: Path, key: str) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
+@np.errstate(over="ignore")  # beyond float32 becomes inf, without a warning: read_csv names it
 def csv_features(
     path: Path, header: list[str], body: list[list[str]], columns: list[int]
 ) -> np.ndarray:
