@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from bptrain.checkpoint import load_checkpoint, model_state
 from bptrain.components import build_components
 from bptrain.config import load_config
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
-from bptrain.diagnostics.plot import plot, require_matplotlib
+from bptrain.diagnostics.plot import plot, plot_sweep, require_matplotlib
 from bptrain.diagnostics.render import print_report, sweep_table
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
@@ -30,6 +31,7 @@ from bptrain.input_gradients import input_gradient_summary
 from bptrain.optim import build_optimizer
 from bptrain.runtime import resolve_device, seed_everything
 from bptrain.search_space import distinct, grid, is_multi_valued, parse_axes
+from bptrain.sweep import short_labels
 
 SweepPoint = tuple[str, list[str]]
 
@@ -125,15 +127,6 @@ def write_json(data: dict[str, Any], json_path: Path) -> None:
         raise UserError(f"cannot write {json_path}: {err}") from None
 
 
-def plot_paths(plot_path: Path, count: int) -> list[Path]:
-    if count == 1:
-        return [plot_path]
-    return [
-        plot_path.with_name(f"{plot_path.stem}-{i}{plot_path.suffix or '.png'}")
-        for i in range(count)
-    ]
-
-
 def run_grad_inspect(
     config_path: Path,
     overrides: list[str],
@@ -174,12 +167,15 @@ def run_grad_inspect(
             console.print(f"note: the training split has only {used} batch(es); inspected {used}.")
         results.append((point, report))
     reports = [r for _, r in results]
+    # the table and verdicts name a variant by what tells it apart (the shortest unique key
+    # suffix); the plots by its full overrides; the JSON keeps the stable short-key label
+    short = short_labels([" ".join(extra) for _, extra in points])
     if len(results) == 1:
         print_report(reports[0], console)
     else:
-        console.print(sweep_table([(label, r) for (label, _), r in results]))
-        for (label, _), report in results:
-            console.print(f"[bold]{label}[/bold]: {report.verdict}", highlight=False)
+        console.print(sweep_table(list(zip(short, reports, strict=True))))
+        for label, report in zip(short, reports, strict=True):
+            console.print(f"[bold]{escape(label)}[/bold]: {report.verdict}", highlight=False)
     if json_path is not None:
         if len(results) == 1:
             data = to_json_dict(reports[0])
@@ -192,6 +188,13 @@ def run_grad_inspect(
             }
         write_json(data, json_path)
     if plot_path is not None:
-        for path, report in zip(plot_paths(plot_path, len(reports)), reports, strict=True):
-            console.print(f"plot written to {plot(report, path)}")
+        if len(results) == 1:
+            console.print(f"plot written to {plot(reports[0], plot_path)}", highlight=False)
+        else:
+            written = plot_sweep([(" ".join(extra), r) for (_, extra), r in results], plot_path)
+            console.print(
+                f"plots written: {written[0]} (every variant overlaid), {written[1]} ... "
+                f"{written[-1]} (one per variant)",
+                highlight=False,
+            )
     return EXIT_DIAGNOSTIC_FLAGS if fails(reports, fail_on) else EXIT_OK

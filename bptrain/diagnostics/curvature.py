@@ -5,7 +5,8 @@ On the local quadratic model, gradient descent diverges along the top
 eigendirection when lr·λmax > 2 (heavy-ball momentum β: 2(1+β)). For Adam and
 other adaptive optimizers the effective step is preconditioned, so the same
 comparison is only a heuristic. The copy runs in eval mode so dropout does not
-make the Hessian random.
+make the Hessian random. Attention runs on the math kernel of scaled_dot_product_attention:
+the fused (flash / memory-efficient) kernels have no double backward.
 """
 
 from __future__ import annotations
@@ -107,16 +108,19 @@ def analyse(
     lr: float | None = None,
     optimizer: str | None = None,
 ) -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     frozen = copy.deepcopy(model).eval()
     generator = torch.Generator().manual_seed(seed)
-    try:
-        params, hvp = hessian_vector_product_fn(frozen, loss_fn, batches)
-    except RuntimeError as err:
+    try:  # the graph and every product built under the math kernel (the one with a double backward)
+        with sdpa_kernel(SDPBackend.MATH):
+            params, hvp = hessian_vector_product_fn(frozen, loss_fn, batches)
+            eigenvalue, used, converged = top_eigenvalue(
+                params, hvp, iterations=iterations, tolerance=tolerance, generator=generator
+            )
+            trace = hutchinson_trace(params, hvp, samples=hutchinson_samples, generator=generator)
+    except RuntimeError as err:  # an operation of the model without a double backward
         return {"skipped": f"Hessian-vector products unavailable (no double backward?): {err}"}
-    eigenvalue, used, converged = top_eigenvalue(
-        params, hvp, iterations=iterations, tolerance=tolerance, generator=generator
-    )
-    trace = hutchinson_trace(params, hvp, samples=hutchinson_samples, generator=generator)
     result: dict[str, Any] = {
         "hessian_max_eigenvalue": eigenvalue,
         "power_iterations": used,

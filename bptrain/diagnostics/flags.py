@@ -51,6 +51,30 @@ class Thresholds:
     """Max relative error autograd vs finite differences (float64) above this: grad_check."""
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What the vanishing/exploding flags compare each layer's error signal with.
+
+    ``signal`` is the output layer's ‖∂L/∂out‖; ``low``..``high`` is the healthy band, the
+    signal times the warning ratios (1e-2..1e2 by default). The console bars and the PNG mark
+    both, so what is drawn and what is flagged are the same numbers.
+    """
+
+    signal: float
+    low: float
+    high: float
+
+
+def reference(layers: list[LayerReport], limits: Thresholds | None = None) -> Reference | None:
+    """The last layer's signal and the band around it; None when it is missing, 0 or not finite."""
+    limits = limits or Thresholds()
+    signals = [x.signal_norm for x in layers if x.signal_norm is not None]
+    last = signals[-1] if signals else None
+    if last is None or not math.isfinite(last) or last <= 0:
+        return None
+    return Reference(last, last * limits.vanishing_ratio[0], last * limits.exploding_ratio[0])
+
+
 def _grade(value: float, limits: tuple[float, float], *, below: bool = False) -> Severity | None:
     warn, err = limits
     if below:

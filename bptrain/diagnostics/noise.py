@@ -14,6 +14,11 @@ mini-batch gradient is dominated by noise. The norm test's suggested batch size
 is B·θ², the size at which θ would reach 1. The gradient signal-to-noise ratio
 (Liu et al., 2020) is E[g_j]²/Var[g_j] per parameter entry (sample variance),
 averaged over entries.
+
+``vmap`` cannot batch every module: the fused recurrent kernels (``nn.GRU``,
+``nn.LSTM``, ``nn.RNN``) build their initial hidden state from the unbatched
+view and fail. Those models get their g_i from a plain loop of one backward
+per sample: the same numbers, B times slower.
 """
 
 from __future__ import annotations
@@ -43,10 +48,18 @@ def per_sample_gradients(
         return loss_fn(out, yi.unsqueeze(0))
 
     per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    one_sample = grad(sample_loss)
+    batched = not any(isinstance(m, nn.RNNBase) for m in frozen.modules())
 
     def chunk(start: int, stop: int) -> Tensor:
-        grads = per_sample(params, x[start:stop], y[start:stop])
-        return torch.cat([grads[n].reshape(stop - start, -1) for n in params], dim=1).double()
+        if batched:
+            grads = per_sample(params, x[start:stop], y[start:stop])
+            return torch.cat([grads[n].reshape(stop - start, -1) for n in params], dim=1).double()
+        rows = []
+        for i in range(start, stop):
+            g = one_sample(params, x[i], y[i])
+            rows.append(torch.cat([g[n].reshape(-1) for n in params]))
+        return torch.stack(rows).double()
 
     return list(params), chunk
 

@@ -1,8 +1,11 @@
 """Terminal output of grad-inspect: one rich table per report, one side-by-side table per sweep.
 
-The signal column carries a bar on a log scale (shared by all layers of a
-table) because the error signal spans orders of magnitude when it vanishes or
-explodes; a linear bar would show one full bar and nothing else.
+The signal column carries a bar on a fixed log scale (``BAR_DECADES``, the same
+for every table, run and sweep column) because the error signal spans orders of
+magnitude when it vanishes or explodes: a linear bar would show one full bar and
+nothing else, and a scale stretched min-to-max per table would draw 0.10 as one
+cell and 0.12 as ten in a healthy net. The bar's empty part marks the reference
+the flags compare with (the output layer's signal) and the healthy band around it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bptrain.diagnostics.flags import Reference, reference
 from bptrain.diagnostics.report import Flag, Report
 
-BAR_WIDTH = 10
+BAR_DECADES = (-8, 2)
+"""The bars' fixed scale: one cell per decade from 1e-8 to 1e2, the same in every table and run,
+so equal norms draw equal bars (0.10 and 0.12 both end in the decade of 0.1)."""
+BAR_WIDTH = BAR_DECADES[1] - BAR_DECADES[0]
+EIGHTHS = " ▏▎▍▌▋▊▉"
+BAR_CAPTION = (
+    "‖∂L/∂out‖ bars: log scale, one cell per decade from 1e-8 to 1e2 (the same in every table); "
+    "│ the output layer's signal, ░ the healthy band around it (the vanishing/exploding "
+    "thresholds), ▸ off the scale"
+)
 
 
 def fmt(value: float | None, spec: str = ".3g") -> str:
@@ -27,22 +40,53 @@ def fmt(value: float | None, spec: str = ".3g") -> str:
     return format(value, spec)
 
 
-def log_bars(values: Sequence[float | None], width: int = BAR_WIDTH) -> list[str]:
-    """Bars proportional to log10(value) between the smallest and largest positive finite value."""
-    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
-    if not logs:
-        return ["" for _ in values]
-    low, high = min(logs), max(logs)
-    span = high - low or 1.0
-    bars = []
-    for v in values:
-        if v is None or not math.isfinite(v):
-            bars.append("?" if v is not None else "")
-        elif v <= 0:
-            bars.append("·")
-        else:
-            bars.append("█" * max(1, round(1 + (width - 1) * (math.log10(v) - low) / span)))
-    return bars
+def _track(ref: Reference | None) -> list[str]:
+    """The empty bar: ``│`` in the reference's decade, ``░`` over the healthy band."""
+    low = BAR_DECADES[0]
+    track = [" "] * BAR_WIDTH
+    if ref is None:
+        return track
+    band = (math.log10(ref.low), math.log10(ref.high))
+    for cell in range(BAR_WIDTH):
+        if band[0] <= low + cell + 0.5 <= band[1]:
+            track[cell] = "░"
+    cell = math.floor(math.log10(ref.signal)) - low
+    if 0 <= cell < BAR_WIDTH:
+        track[cell] = "│"
+    return track
+
+
+def log_bar(value: float | None, ref: Reference | None = None) -> Text:
+    """A bar ending at log10(value) on the fixed scale of ``BAR_DECADES``, eighth-cell resolution.
+
+    Green when the value is inside the reference's healthy band, yellow below it (vanishing),
+    red above it (exploding). ``·`` is a zero signal, ``?`` a non-finite one, ``◂`` one below 1e-8.
+    """
+    if value is None:
+        return Text("")
+    if not math.isfinite(value):
+        return Text("?", style="bold red")
+    cells = _track(ref)
+    fill = math.log10(value) - BAR_DECADES[0] if value > 0 else -math.inf
+    if value <= 0:
+        cells[0] = "·"
+    elif fill <= 0:
+        cells[0] = "◂"
+    elif fill >= BAR_WIDTH:
+        cells = ["█"] * (BAR_WIDTH - 1) + ["▸"]
+    else:
+        full, part = int(fill), round((fill - int(fill)) * 8)
+        cells[:full] = ["█"] * full
+        if part:
+            cells[full] = "█" if part == 8 else EIGHTHS[part]
+    style = ""
+    if ref is not None and value > 0:
+        style = "green" if ref.low <= value <= ref.high else "yellow" if value < ref.low else "red"
+    return Text("".join(cells), style=style)
+
+
+def _signal_cell(value: float | None, ref: Reference | None, spec: str) -> Text:
+    return Text.assemble(fmt(value, spec) + " ", log_bar(value, ref))
 
 
 def _flag_text(flags: Sequence[Flag]) -> Text:
@@ -56,18 +100,25 @@ def _flag_text(flags: Sequence[Flag]) -> Text:
 
 def report_table(report: Report, title: str = "grad-inspect") -> Table:
     """Forward order, one row per parameterised layer; compact enough for an 80-column terminal."""
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=BAR_CAPTION,
+        caption_justify="left",
+        show_lines=False,
+        pad_edge=False,
+    )
     table.add_column("layer", no_wrap=True)
     for column in ("‖∇W‖", "∇W/W"):
         table.add_column(column, justify="right")
-    table.add_column("‖∂L/∂out‖ (log bar)", no_wrap=True)
+    table.add_column("‖∂L/∂out‖  1e-8 … 1e2", no_wrap=True)
     for column in ("factor", "√χ", "σ_w²", "dead", "ΔW/W"):
         table.add_column(column, justify="right")
     if report.options.get("check_gradients"):
         table.add_column("fd err", justify="right")
     table.add_column("flags")
-    bars = log_bars([x.signal_norm for x in report.layers], width=BAR_WIDTH)
-    for layer, bar in zip(report.layers, bars, strict=True):
+    ref = reference(report.layers)
+    for layer in report.layers:
         health = layer.activation
         dead = fmt(health.dead_fraction, ".0%") if health else "-"
         if health and health.saturated_fraction:
@@ -76,7 +127,7 @@ def report_table(report: Report, title: str = "grad-inspect") -> Table:
             layer.name,
             fmt(layer.grad_norm, ".2g"),
             fmt(layer.grad_to_weight, ".1e"),
-            f"{fmt(layer.signal_norm, '.1e')} {bar}",
+            _signal_cell(layer.signal_norm, ref, ".1e"),
             fmt(layer.signal_factor, ".2f"),
             fmt(layer.expected_factor, ".2f"),
             fmt(layer.sigma_w2, ".2f"),
@@ -113,6 +164,12 @@ def summary_lines(report: Report) -> list[str]:
                 else ""
             )
         )
+    for name, result in (
+        ("gradient noise", report.gradient_tests),
+        ("curvature", report.curvature),
+    ):
+        if result and "skipped" in result:
+            lines.append(f"{name}: not computed: {result['skipped']}")
     if report.curvature and "hessian_max_eigenvalue" in report.curvature:
         c = report.curvature
         extra = (
@@ -150,20 +207,24 @@ def print_report(report: Report, console: Console, title: str = "grad-inspect") 
 
 
 def sweep_table(reports: Sequence[tuple[str, Report]], title: str = "grad-inspect sweep") -> Table:
-    """Layers as rows, one column per configuration: the signal norm (log bar) side by side."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("layer")
+    """Layers as rows, one column per configuration: the signal norm (log bar) side by side.
+
+    Every column draws its bars on the same fixed scale, each with its own reference; a label
+    folds between its ``key=value`` parts rather than ending in an ellipsis.
+    """
+    table = Table(title=title, title_justify="left", caption=BAR_CAPTION, caption_justify="left")
+    table.add_column("layer", no_wrap=True)
     for label, _ in reports:
-        table.add_column(label, justify="left")
+        # Text, not a str: a value such as [4,4] or [bold] must not be read as rich markup
+        table.add_column(Text(label), justify="left", overflow="fold", min_width=BAR_WIDTH + 8)
     names: list[str] = []
     for _, report in reports:
         names.extend(x.name for x in report.layers if x.name not in names)
-    all_signals = [x.signal_norm for _, r in reports for x in r.layers]
-    bars = iter(log_bars(all_signals, width=10))
-    cells: dict[tuple[int, str], str] = {}
+    cells: dict[tuple[int, str], Text] = {}
     for i, (_, report) in enumerate(reports):
+        ref = reference(report.layers)
         for layer in report.layers:
-            cells[(i, layer.name)] = f"{fmt(layer.signal_norm, '8.1e')} {next(bars)}"
+            cells[(i, layer.name)] = _signal_cell(layer.signal_norm, ref, ".1e")
     for name in names:
         table.add_row(name, *(cells.get((i, name), "") for i in range(len(reports))))
     table.add_section()

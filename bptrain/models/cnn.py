@@ -114,7 +114,8 @@ class CNN(nn.Module):
             x = x.unsqueeze(1)
         elif self.dims == 1 and not self.channels_first:  # (N, T, F) -> (N, F, T)
             x = x.transpose(1, 2)
-        x = run_blocks(self.blocks, x.float(), self.activation_checkpointing)
+        # the weights' dtype, not float32: a float64 copy (grad-inspect --check-gradients) must work
+        x = run_blocks(self.blocks, x.to(self.head.weight.dtype), self.activation_checkpointing)
         x = x.flatten(2)
         x = x.mean(dim=2) if self.global_pool == "avg" else x.amax(dim=2)
         x = self.head(self.dropout(x))

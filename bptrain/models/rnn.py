@@ -52,7 +52,7 @@ class RNN(nn.Module):
         if self.embed is not None:
             x = self.embed(x.long())
         elif x.ndim == 2:  # (N, T) scalars: one feature per step
-            x = x.unsqueeze(-1).float()
+            x = x.unsqueeze(-1).to(self.head.weight.dtype)
         steps, _ = self.rnn(x)  # (N, T, directions * hidden)
         if self.per_step:
             features = steps

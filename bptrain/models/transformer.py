@@ -80,7 +80,8 @@ class Transformer(nn.Module):
         if self.tokens:
             x = self.embed(x.long())
         else:
-            x = self.embed(x.unsqueeze(-1).float() if x.ndim == 2 else x.float())
+            x = x.unsqueeze(-1) if x.ndim == 2 else x
+            x = self.embed(x.to(self.head.weight.dtype))  # float64 in a --check-gradients copy
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
         steps = x.shape[1]

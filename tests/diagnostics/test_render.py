@@ -11,7 +11,7 @@ from rich.console import Console
 from torch import nn
 
 from bptrain.diagnostics import inspect_gradients, plot, print_report, sweep_table
-from bptrain.diagnostics.render import log_bars
+from bptrain.diagnostics.render import log_bar
 from bptrain.errors import UserError
 
 
@@ -38,9 +38,9 @@ def test_report_and_sweep_tables_render() -> None:
 
 
 def test_log_bars_grow_with_log_of_the_value() -> None:
-    bars = log_bars([1e-6, 1e-3, 1.0, None, 0.0], width=10)
-    assert len(bars[0]) == 1 and len(bars[2]) == 10 and 1 < len(bars[1]) < 10
-    assert bars[3] == "" and bars[4] == "·"
+    bars = [log_bar(v).plain for v in (1e-6, 1e-3, 1.0, None, 0.0, float("nan"))]
+    assert [b.count("█") for b in bars[:3]] == [2, 5, 8]  # one cell per decade from 1e-8
+    assert bars[3] == "" and bars[4].startswith("·") and bars[5] == "?"
 
 
 def test_plot_writes_a_png(tmp_path) -> None:
