@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -15,7 +17,6 @@ from bptrain.runtime import Precision, sum_dtype
 from bptrain.steps import StepModule, batch_size, has_training_step, split_output, to_device
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     batches: Batches,
@@ -37,27 +38,40 @@ def evaluate(
     process evaluating the whole split (up to float rounding of the loss).
     `on_batch(done, total)` (console progress) runs on the host after each batch; it reads no tensor.
     """
-    distributed.sync_buffers(model)
-    if metrics is None:
-        metrics = build_metrics(None, objective.task, objective.num_classes)
-    metrics.to(precision.device).reset()
-    was_training = model.training
-    model.eval()
-    try:
-        sums, samples = _accumulate(model, batches, objective, precision, metrics, on_batch)
-    finally:
-        model.train(was_training)
-    names = list(sums)
-    device = precision.device
-    dtype = sum_dtype(device)
-    local = torch.stack(
-        [*(sums[k].to(dtype) for k in names), torch.tensor(samples, dtype=dtype, device=device)]
-    )
-    totals = distributed.all_reduce_sum(local).tolist()
-    count = max(totals[-1], 1)
-    result = {f"{prefix}/{name}": total / count for name, total in zip(names, totals, strict=False)}
-    result.update(metrics.compute(prefix))
-    return result
+    with _without_autograd(model):
+        distributed.sync_buffers(model)
+        if metrics is None:
+            metrics = build_metrics(None, objective.task, objective.num_classes)
+        metrics.to(precision.device).reset()
+        was_training = model.training
+        model.eval()
+        try:
+            sums, samples = _accumulate(model, batches, objective, precision, metrics, on_batch)
+        finally:
+            model.train(was_training)
+        names = list(sums)
+        device = precision.device
+        dtype = sum_dtype(device)
+        local = torch.stack(
+            [*(sums[k].to(dtype) for k in names), torch.tensor(samples, dtype=dtype, device=device)]
+        )
+        totals = distributed.all_reduce_sum(local).tolist()
+        count = max(totals[-1], 1)
+        result = {
+            f"{prefix}/{name}": total / count for name, total in zip(names, totals, strict=False)
+        }
+        result.update(metrics.compute(prefix))
+        return result
+
+
+def _without_autograd(model: nn.Module) -> AbstractContextManager[object]:
+    """``inference_mode``, except for an FSDP model: there the first evaluation of a process
+    (a resume that starts with validation) would all-gather the parameters into inference
+    tensors, which FSDP keeps and the next training step can no longer write into."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(model, fsdp.FSDPModule):
+        return torch.no_grad()
+    return torch.inference_mode()
 
 
 def _accumulate(

@@ -51,15 +51,30 @@ class LoopState:
     epoch_samples: int = 0
     schedule_steps: int = 0  # horizon of per-step LR schedules, fixed when the run starts
     metrics_bytes: int = 0  # length of metrics.jsonl when this checkpoint was written
+    world_size: int = 1  # processes that trained it (absent before 0.2: then not converted)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        known = {f.name for f in fields(self)}
+        known = {f.name for f in fields(self)} - {"world_size"}  # this run's, not the file's
         for key, value in state.items():
             if key in known:
                 setattr(self, key, value)
+        saved_world = state.get("world_size")
+        if saved_world and saved_world != self.world_size and self.batch_in_epoch:
+            self._reshard(saved_world)
+
+    def _reshard(self, saved_world: int) -> None:
+        """A mid-epoch checkpoint resumed on another number of processes. Rank r trains the
+        positions r, r+W, r+2W... of the epoch's order, so k micro-batches per rank on W ranks
+        consumed the first k*W batches' worth of that order: continue after the same samples.
+        The epoch's running train/loss sums are rank 0's share, scaled to the new ranks."""
+        consumed = self.batch_in_epoch * saved_world
+        self.batch_in_epoch = consumed // self.world_size
+        scale = saved_world / self.world_size
+        self.epoch_loss_sum *= scale
+        self.epoch_samples = round(self.epoch_samples * scale)
 
 
 class RandomState:
@@ -108,9 +123,23 @@ class DataOrder:
         return fingerprint(epoch) if fingerprint is not None else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "epoch": self.loop.epoch, "crc32": self._crc(self.loop.epoch)}
+        return {
+            "seed": self.seed,
+            "epoch": self.loop.epoch,
+            "crc32": self._crc(self.loop.epoch),
+            "world_size": self.loop.world_size,  # the crc is of rank 0's share of the order
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_world = state.get("world_size", self.loop.world_size)
+        if saved_world != self.loop.world_size:
+            if self.loop.batch_in_epoch:
+                self.warn(
+                    f"the checkpoint was written by {saved_world} process(es) mid-epoch and this "
+                    f"run has {self.loop.world_size}: the epoch continues after the samples "
+                    "already trained on, and its train/loss is estimated from rank 0's share."
+                )
+            return  # another world size shards the same order differently: nothing to compare
         saved = state.get("crc32")
         if saved is not None and saved != self._crc(self.loop.epoch):
             self.warn(

@@ -323,7 +323,10 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     optimizer = build_optimizer(cfg.optimizer, model)
     total_steps = _total_steps(cfg, data.train)
     # A per-step schedule keeps the horizon the run started with: extending a run continues at its final LR.
-    loop = LoopState(schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps)
+    loop = LoopState(
+        schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps,
+        world_size=dist.world_size,
+    )
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, loop.schedule_steps)
     precision = Precision.create(cfg.trainer.precision, dist.device)
     forward = torch.compile(forward) if cfg.trainer.compile else forward

@@ -267,6 +267,8 @@ def test_fsdp_resume_is_bit_exact_and_continues_on_another_world_size(tmp_path):
     two = _launch(tmp_path / "b", *fsdp, *more, nproc=2)
     assert two.returncode == 0, two.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 70
+    # the 1-process leg stopped mid-epoch: the 2 processes continue after the same samples
+    assert "written by 1 process(es) mid-epoch" in " ".join(two.stdout.split()), two.stdout
 
 
 def test_fsdp_refuses_fp16_and_an_unlaunched_process(tmp_path):

@@ -146,3 +146,22 @@ def test_metrics_after_the_last_checkpoint_are_not_duplicated(tmp_path):
     run_fit(tiny_config(tmp_path, trainer={"max_epochs": 2}), resume="auto")
     lines = (run / "metrics.jsonl").read_text()
     assert lines.startswith(original) and '"step": 11}' not in lines
+
+
+def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_continues_after_its_samples():
+    from bptrain.run_state import LoopState
+
+    saved = LoopState(
+        epoch=1, step=9, batch_in_epoch=6, epoch_loss_sum=3.0, epoch_samples=96, world_size=1
+    ).state_dict()
+    on_two = LoopState(world_size=2)
+    on_two.load_state_dict(saved)  # rank r trains positions r, r+2, ...: 3 batches each
+    assert (on_two.batch_in_epoch, on_two.epoch_samples, on_two.epoch_loss_sum) == (3, 48, 1.5)
+    assert on_two.world_size == 2  # the run's own, not the file's
+    back = LoopState(world_size=1)
+    back.load_state_dict(on_two.state_dict())
+    assert (back.batch_in_epoch, back.epoch_samples, back.epoch_loss_sum) == (6, 96, 3.0)
+    older = {k: v for k, v in saved.items() if k != "world_size"}  # 0.1 files: left as they are
+    untouched = LoopState(world_size=2)
+    untouched.load_state_dict(older)
+    assert untouched.batch_in_epoch == 6
