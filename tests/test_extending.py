@@ -534,3 +534,23 @@ def test_user_code_resumes_bit_exactly_mid_epoch(tmp_path, monkeypatch, variant)
         load_file(a / "checkpoints/last.safetensors"), load_file(b / "checkpoints/last.safetensors")
     )
     assert metric_lines(a) == metric_lines(b)
+
+
+def test_adversarial_training_with_a_models_own_training_step_exits_2_before_training(
+    cli, tmp_path, monkeypatch
+):
+    """The attack follows the built-in loss's input gradient; a training_step computes its loss
+    where no attack reaches it, so the pair is refused at build time instead of training without
+    attacks (or failing mid-run)."""
+    monkeypatch.chdir(ROOT)  # the examples import from the repository root
+    config = ROOT / "configs" / "custom" / "dict_data.yaml"
+    result = cli(
+        "fit",
+        config,
+        "trainer.adversarial={epsilon: 0.1}",
+        f"logging.run_dir={tmp_path / 'runs'}",
+        "trainer.max_epochs=1",
+    )
+    assert result.exit_code == 2, result.output
+    assert "defines its own training_step" in " ".join(result.output.split())
+    assert not list((tmp_path / "runs").glob("*/metrics.jsonl"))  # nothing trained
