@@ -9,6 +9,7 @@ Every hostile case exits 2 with a message: never a traceback, a hang or unbounde
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -404,8 +405,10 @@ DOCUMENTS = st.recursive(
 )
 # a hang or a blow-up fails on the deadline; a slow loaded CI machine still passes (a valid config
 # loads in ~20 ms)
+# 20 examples a property in the default run; .ci/run runs them again with BPTRAIN_FUZZ_EXAMPLES=300
+EXAMPLES = int(os.environ.get("BPTRAIN_FUZZ_EXAMPLES", "20"))
 PROPERTY = settings(
-    max_examples=20,
+    max_examples=EXAMPLES,
     deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -459,7 +462,7 @@ def alias_documents(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(PROPERTY, max_examples=15)
+@settings(PROPERTY, max_examples=max(15, EXAMPLES * 3 // 4))
 @given(text=alias_documents())
 def test_random_alias_structures_stay_bounded(text: str, tmp_path: Path) -> None:
     path = tmp_path / "aliases.yaml"
