@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,20 @@ class YamlLoader(Composer, _Parser, SafeConstructor, Resolver):
             self.depth -= 1
             self._open.discard(event.anchor)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value its tag cannot take (``2024-13-45``, ``!!int abc``, an integer of 5,000
+        digits) is a YAML error at its line, not a ValueError from deep inside PyYAML."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as err:
+            value = reprlib.repr(node.value) if isinstance(node, yaml.ScalarNode) else "a value"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"cannot read {value} as {node.tag.rsplit(':', 1)[-1]}: {err}",
+                node.start_mark,
+            ) from None
+
     def _grow(self, nodes: int, depth: int) -> None:
         self.expanded += nodes
         if self.expanded > MAX_NODES:
@@ -206,15 +222,29 @@ def measure(node: yaml.Node, memo: dict[int, tuple[int, int]]) -> tuple[int, int
     return memo[key]
 
 
-def load_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+def load_yaml(
+    text: str, before_construct: Callable[[yaml.Node], None] | None = None
+) -> tuple[Any, yaml.Node | None]:
     """(plain Python values, the root node) of one YAML document, within the bounds above.
 
-    Raises ``yaml.YAMLError`` (``YamlTooBig`` beyond the bounds) for the caller to word."""
+    ``before_construct`` sees the composed node as written: constructing flattens merge keys
+    (``<<: *base``) into the mapping node, after which a merged key that the mapping overrides
+    would look like a key given twice. Raises ``yaml.YAMLError`` (``YamlTooBig`` beyond the
+    bounds; a ``ConstructorError`` for text that is not UTF-8 or a value its tag cannot take)
+    for the caller to word."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # libyaml encodes strictly: lone surrogates from argv/env
+        raise yaml.constructor.ConstructorError(
+            problem=f"the text is not valid UTF-8 (undecodable byte at character {err.start + 1})"
+        ) from None
     loader = YamlLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, None
+        if before_construct is not None:
+            before_construct(node)
         data = loader.construct_document(node)
     finally:
         loader.dispose()

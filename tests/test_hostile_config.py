@@ -476,3 +476,68 @@ def test_random_alias_structures_stay_bounded(text: str, tmp_path: Path) -> None
 
     _, peak = _cost(load)
     assert peak < 64, peak  # the time is bounded by the deadline
+
+
+# --- values a YAML tag cannot take, text that is not UTF-8, merge keys, base: paths -------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("logging.name=2024-13-45", "cannot read '2024-13-45' as timestamp"),
+        ("seed=!!int abc", "cannot read 'abc' as int"),
+        ("optimizer.lr=!!float x", "cannot read 'x' as float"),
+        ("seed=" + "9" * 5000, "as int: Exceeds the limit"),
+        (
+            "logging.name=a\udcffb",
+            "not valid UTF-8",
+        ),  # an undecodable byte in argv (surrogateescape)
+    ],
+)
+def test_a_value_yaml_cannot_construct_is_refused_naming_the_override(
+    config: Path, override: str, message: str
+) -> None:
+    result = _invoke(["config", "validate", config, override])
+    assert result.exit_code == 2, result.output
+    assert "override '" in result.output and message in " ".join(result.output.split())
+
+
+def test_a_value_yaml_cannot_construct_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {source: moons}\nseed: 2024-13-45\n")
+    result = _invoke(["config", "validate", path])
+    assert result.exit_code == 2, result.output
+    assert "line 2: cannot read '2024-13-45' as timestamp" in " ".join(result.output.split())
+
+
+def test_runs_lists_a_run_whose_config_yaml_has_an_unreadable_value(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "x" / "20260101-000000"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 2024-13-45\n")
+    (run / "metrics.jsonl").write_text("")
+    result = _invoke(["runs", tmp_path / "runs"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_merge_key_a_mapping_overrides_is_not_a_key_given_twice(tmp_path: Path) -> None:
+    """YAML merge keys (<<: *base) with a key the mapping sets again: standard YAML, the mapping
+    wins (as bptrain 0.1 read it)."""
+    path = _write(
+        tmp_path,
+        "data: {source: moons, n_samples: 64}\n"
+        "model:\n  <<: {name: mlp, hidden: [32]}\n  hidden: [64]\n",
+    )
+    result = _invoke(["config", "show", path])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(result.output)["model"]["hidden"] == [64]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"), [("q\x00.yaml", "NUL character"), ("a" * 300 + ".yaml", "too long")]
+)
+def test_a_base_path_no_file_system_can_hold_is_refused(
+    tmp_path: Path, name: str, message: str
+) -> None:
+    path = _write(tmp_path, yaml.safe_dump({"base": name, "data": {"source": "moons"}}))
+    result = _invoke(["config", "validate", path])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bptrain.config.base import KeyPath
+from bptrain.config.base import KeyPath, usable_path
 from bptrain.config.schema import Config, models_in
 from bptrain.safe_yaml import MAX_NODES
 
@@ -94,7 +94,11 @@ class Layers:
                     "or base: [common.yaml, data.yaml]."
                 )
             for name in names:
-                included = Path(name)
+                try:
+                    included = usable_path(Path(name))
+                except ValueError as err:
+                    raise self.error(f"{where}: base: {shown(name)} {err}.") from None
+                assert included is not None
                 if not included.is_absolute():
                     included = path.parent / included
                 if included.resolve() in stack:

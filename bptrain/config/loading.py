@@ -26,10 +26,9 @@ from bptrain.safe_yaml import (
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
     """Parse YAML safely and return (data, {key path: line number}) for error messages."""
+    lines: dict[KeyPath, int] = {}
     try:
-        data, node = load_yaml(text)
-        lines: dict[KeyPath, int] = {}
-        _index_lines(node, (), lines, source)
+        data, _ = load_yaml(text, lambda node: _index_lines(node, (), lines, source))
     except YamlTooBig as err:
         raise ConfigError(f"{source}: {err}") from None
     except yaml.constructor.ConstructorError as err:
@@ -39,6 +38,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[KeyPath, int]]:
             raise ConfigError(
                 f"{where}: a key must be a plain name, not a list or mapping."
             ) from None
+        if "constructor for the tag" not in str(err.problem):  # a value its tag cannot take
+            raise ConfigError(f"{where}: {err.problem}.") from None
         raise ConfigError(
             f"{where}: {err.problem}.\n  bptrain reads YAML with safe_load: Python object tags such as !!python/object "
             "are refused. Write plain values (numbers, strings, lists, mappings)."
