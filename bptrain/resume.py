@@ -16,11 +16,15 @@ from bptrain.config import Config, to_dict, validate_config
 from bptrain.errors import UserError
 
 
-def load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None, Path | None]:
-    """The checkpoint to continue from (None: start fresh), read with weights_only=True and checked against `cfg`."""
+def load_resume(
+    cfg: Config, resume: str | None
+) -> tuple[dict[str, Any] | None, Path | None, FileStamp | None]:
+    """The checkpoint to continue from (None: start fresh), read with weights_only=True and
+    checked against `cfg`, and its file's stamp as it was read (see ``changed_since``)."""
     path = distributed.broadcast(resume_path(cfg, resume))  # under DDP rank 0 decides
     if path is None:
-        return None, None
+        return None, None, None
+    stamp = file_stamp(path)  # before reading: a replacement during the read shows as a change
     # FSDP: each rank reads its own slices of a sharded checkpoint (RunState's `shards` part);
     # any other run reads the full state of one (the optimizer keyed by parameter names)
     shards = () if cfg.trainer.strategy == "fsdp" else ("model", "optimizer")
@@ -32,7 +36,31 @@ def load_resume(cfg: Config, resume: str | None) -> tuple[dict[str, Any] | None,
                 "To start a new run from its weights, use model.init_from instead of --resume."
             )
     check_same_model_and_data(saved, cfg, path)
-    return saved, path
+    return saved, path, stamp
+
+
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    """(inode, size, mtime in ns): checkpoints are replaced whole (os.replace), so a new one differs."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def refuse_if_replaced(path: Path, stamp: FileStamp | None) -> None:
+    """The checkpoint a resume read was replaced before this process took the run directory:
+    another process was still training in it (and has ended since). Continuing would cut its
+    newer epochs from metrics.jsonl and train them again; nothing has been written yet."""
+    if stamp is not None and file_stamp(path) != stamp:
+        raise UserError(
+            f"{path} was replaced while this process was starting: another process was still "
+            "training this run and has ended since. Run the same command again to resume from "
+            "its newest checkpoint."
+        )
 
 
 def resume_path(cfg: Config, resume: str | None) -> Path | None:

@@ -72,7 +72,13 @@ from bptrain.model_summary import example_batch, render, summarize
 from bptrain.optim import build_optimizer, build_scheduler
 from bptrain.preprocess import stored_preprocessing
 from bptrain.progress import ConsoleProgress
-from bptrain.resume import load_resume, run_dir_of, version_warning
+from bptrain.resume import (
+    FileStamp,
+    load_resume,
+    refuse_if_replaced,
+    run_dir_of,
+    version_warning,
+)
 from bptrain.run_state import BestWeights, DataOrder, LoopState, RandomState, RunState
 from bptrain.runlock import RunDirLock
 from bptrain.runlog import RunLog, create_run_dir, last_epoch_metrics, read_json, write_json
@@ -147,7 +153,7 @@ def fit(
                     run.callbacks.on_train_batch_end(loop.epoch, loop.step, step_metrics or {})
                     # every rank stops after the same step, even if only some got the signal
                     stopping = run.guard.agreed_signal(run.stop.signum)  # or saw a NaN (faults.py)
-                    if stopping is not None or loop.step >= run.total_steps:
+                    if stopping is not None or run.step_limit_reached():
                         break
                     if run.callbacks.agreed_stop:  # a callback asked: stop at this step boundary
                         break
@@ -233,7 +239,11 @@ class Run:
         return stopped or self.pruned or self.callbacks.agreed_stop or self.limits_reached()
 
     def limits_reached(self) -> bool:
-        return _limits_reached(self.cfg, self.loop, self.total_steps, len(self.data.train))
+        return _limits_reached(self.cfg, self.loop, len(self.data.train))
+
+    def step_limit_reached(self) -> bool:
+        max_steps = self.cfg.trainer.max_steps
+        return max_steps is not None and self.loop.step >= max_steps
 
     def adversarial_loss(self) -> BatchLoss | None:
         """This step's loss on attacked inputs (trainer.adversarial), or None for the plain loss.
@@ -305,7 +315,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same seed on every rank
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    saved, checkpoint_path = load_resume(cfg, resume)  # refuses a changed model or data section
+    saved, checkpoint_path, stamp = load_resume(cfg, resume)  # refuses a changed model or data
     parts = build_components(
         cfg,
         dist.device,
@@ -384,11 +394,11 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         if (note := version_warning(saved, checkpoint_path)) is not None:  # type: ignore[arg-type]
             warn(note)
     finished = saved is not None and (  # resumed where the run had already stopped
-        (stopper is not None and stopper.should_stop)
-        or _limits_reached(cfg, loop, total_steps, len(data.train))
+        (stopper is not None and stopper.should_stop) or _limits_reached(cfg, loop, len(data.train))
     )
+    resumed_here = (checkpoint_path, stamp) if run_dir_of(checkpoint_path) is not None else None
     lock, log, recorded = _open_run_dir(
-        run_dir, cfg, data, dist.is_main, loop, run_dir_of(checkpoint_path) is not None, finished
+        run_dir, cfg, data, dist.is_main, loop, resumed_here, finished
     )
     print_run_header(
         console, run_dir, model, data, dist.device, cfg, total_steps, resumed_from=checkpoint_path
@@ -443,7 +453,7 @@ def _open_run_dir(
     data: DataBundle,
     is_main: bool,
     loop: LoopState,
-    resumed_here: bool,
+    resumed_here: tuple[Path, FileStamp | None] | None,
     finished: bool,
 ) -> tuple[RunDirLock, RunLog | distributed.NullLog, dict[str, Any] | None]:
     """Take the run directory (this process owns it until fit ends: runlock.py), then write:
@@ -456,6 +466,8 @@ def _open_run_dir(
     if is_main:
         lock = _writable(lambda: RunDirLock(run_dir).acquire())
         try:
+            if resumed_here is not None:  # the checkpoint read before the lock is still the newest
+                refuse_if_replaced(*resumed_here)
             recorded = _recorded_summary(run_dir, loop) if finished and resumed_here else None
             if recorded is None:
                 if resumed_here:  # drop what was logged after the checkpoint
@@ -561,13 +573,17 @@ def _total_steps(cfg: Config, train: Batches) -> int:
     return total if max_steps is None else min(total, max_steps)
 
 
-def _limits_reached(cfg: Config, loop: LoopState, total_steps: int, batches: int) -> bool:
+def _limits_reached(cfg: Config, loop: LoopState, batches: int) -> bool:
     """max_epochs or max_steps reached. An epoch whose every batch has trained is ended first
-    (validation, its epoch line): a stop signal at its last step left it trained but not ended."""
-    max_epochs = cfg.trainer.max_epochs  # None: max_steps alone decides
+    (validation, its epoch line): a stop signal at its last step left it trained but not ended.
+
+    Epochs are counted as epochs and steps against max_steps only, never against max_epochs
+    times this run's epoch length: a run resumed on another number of processes has another
+    epoch length, and its earlier steps were counted with the old one."""
+    max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
     if max_epochs is not None and loop.epoch >= max_epochs:
         return True
-    return loop.step >= total_steps and loop.batch_in_epoch < batches
+    return max_steps is not None and loop.step >= max_steps and loop.batch_in_epoch < batches
 
 
 class StepResult(NamedTuple):

@@ -363,3 +363,64 @@ def test_a_resume_watching_another_metric_starts_early_stopping_afresh(
     state = load_checkpoint(the_run(tmp_path) / "checkpoints" / "last.pt")["early_stopping"]
     # not the val/loss best of epoch 1 compared against accuracies
     assert state["monitor"] == "val/acc" and state["best_epoch"] == 2
+
+
+def test_a_resume_whose_checkpoint_was_replaced_before_it_took_the_run_is_refused(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another fit still training the run writes a newer last.pt (and ends) while this one is
+    building its model: continuing would cut that fit's epochs from metrics.jsonl and train them
+    again. Refused once the lock is held, before anything is written."""
+    import bptrain.train as train_module
+
+    fit(config, "trainer.max_epochs=2")
+    run = the_run(tmp_path)
+    last = run / "checkpoints" / "last.pt"
+    build = train_module.build_components
+
+    def build_while_the_other_fit_saves(*args, **kwargs):  # type: ignore[no-untyped-def]
+        parts = build(*args, **kwargs)
+        newer = last.with_name("newer.tmp")
+        newer.write_bytes(last.read_bytes())
+        newer.replace(last)  # what checkpoint.py's atomic write does
+        return parts
+
+    monkeypatch.setattr(train_module, "build_components", build_while_the_other_fit_saves)
+    before = fingerprint(run)
+    out = fit(config, "trainer.max_epochs=3", "--resume", str(run), code=2)
+    assert "was replaced while this process was starting" in out
+    assert fingerprint(run) == before
+
+
+def test_resuming_on_more_processes_with_max_epochs_alone_trains_every_epoch(
+    tmp_path: Path,
+) -> None:
+    """max_epochs alone: a run stopped mid-epoch on one process and resumed on two finishes its
+    epochs (its steps were counted at the one-process epoch length; the limit is epochs)."""
+    import os
+
+    path = tmp_path / "ddp.yaml"
+    body = {
+        "data": {"source": "moons", "n_samples": 256, "batch_size": 16},  # 13 steps, 7 on 2 ranks
+        "model": {"hidden": [8]},
+        "trainer": {"max_epochs": 2, "max_steps": 20},  # stops mid-epoch 2 on one process
+        "logging": {"run_dir": str(tmp_path / "runs"), "tensorboard": False, "progress": "off"},
+    }
+    path.write_text(yaml.safe_dump(body))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "bptrain", "fit", str(path)]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (run,) = (tmp_path / "runs" / "ddp").iterdir()
+    resumed = subprocess.run(
+        [*command, "trainer.max_steps=null", "--resume", str(run), "--nproc", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2, summary
+    assert epochs_logged(run)[-1] == 2
