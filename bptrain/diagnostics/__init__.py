@@ -9,7 +9,7 @@ entry point is ``bptrain.diagnostics.command.run_grad_inspect``.
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
 from bptrain.diagnostics.flags import Thresholds
 from bptrain.diagnostics.plot import plot
-from bptrain.diagnostics.render import print_report, report_table, sweep_table
+from bptrain.diagnostics.render import print_report, report_table, sweep_table, sweep_tables
 from bptrain.diagnostics.report import Flag, LayerReport, Report, to_json_dict
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "print_report",
     "report_table",
     "sweep_table",
+    "sweep_tables",
     "to_json_dict",
 ]

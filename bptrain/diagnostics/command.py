@@ -24,7 +24,7 @@ from bptrain.components import build_components
 from bptrain.config import load_config
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
 from bptrain.diagnostics.plot import plot, plot_sweep, require_matplotlib
-from bptrain.diagnostics.render import print_report, sweep_table
+from bptrain.diagnostics.render import print_report, sweep_tables
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
 from bptrain.input_gradients import input_gradient_summary
@@ -173,7 +173,8 @@ def run_grad_inspect(
     if len(results) == 1:
         print_report(reports[0], console)
     else:
-        console.print(sweep_table(list(zip(short, reports, strict=True))))
+        for table in sweep_tables(list(zip(short, reports, strict=True)), console.width):
+            console.print(table)
         for label, report in zip(short, reports, strict=True):
             console.print(f"[bold]{escape(label)}[/bold]: {report.verdict}", highlight=False)
     if json_path is not None:

@@ -206,13 +206,43 @@ def print_report(report: Report, console: Console, title: str = "grad-inspect") 
     console.print(Text("verdict: ", style="bold") + Text(report.verdict))
 
 
-def sweep_table(reports: Sequence[tuple[str, Report]], title: str = "grad-inspect sweep") -> Table:
+SWEEP_COLUMN = BAR_WIDTH + 8 + 3
+"""Width of one configuration's column: its bar with the value in front, padding and border."""
+
+
+def sweep_tables(
+    reports: Sequence[tuple[str, Report]], width: int, title: str = "grad-inspect sweep"
+) -> list[Table]:
+    """The sweep table, or when its columns do not fit ``width`` the configurations in groups
+    that do, each with the layer column: a terminal cuts a wider table off at its right edge,
+    so at 80 columns the fourth configuration of a 2x2 sweep would not be seen at all."""
+    names = {x.name for _, report in reports for x in report.layers}
+    layer_column = max(len("factor/layer"), *(len(name) for name in names)) + 3
+    fits = max(1, (width - layer_column - 1) // SWEEP_COLUMN)
+    per_table = -(-len(reports) // -(-len(reports) // fits))  # balanced: 2+2 rather than 3+1
+    groups = [reports[i : i + per_table] for i in range(0, len(reports), per_table)]
+    if len(groups) == 1:
+        return [sweep_table(reports, title)]
+    return [
+        sweep_table(group, f"{title} ({k + 1}/{len(groups)})", caption=k == len(groups) - 1)
+        for k, group in enumerate(groups)
+    ]
+
+
+def sweep_table(
+    reports: Sequence[tuple[str, Report]], title: str = "grad-inspect sweep", caption: bool = True
+) -> Table:
     """Layers as rows, one column per configuration: the signal norm (log bar) side by side.
 
     Every column draws its bars on the same fixed scale, each with its own reference; a label
     folds between its ``key=value`` parts rather than ending in an ellipsis.
     """
-    table = Table(title=title, title_justify="left", caption=BAR_CAPTION, caption_justify="left")
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=BAR_CAPTION if caption else None,
+        caption_justify="left",
+    )
     table.add_column("layer", no_wrap=True)
     for label, _ in reports:
         # Text, not a str: a value such as [4,4] or [bold] must not be read as rich markup

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from bptrain.diagnostics import inspect_gradients, plot, print_report, sweep_table
+from bptrain.diagnostics import inspect_gradients, plot, print_report, sweep_table, sweep_tables
 from bptrain.diagnostics.render import log_bar
 from bptrain.errors import UserError
 
@@ -60,3 +60,26 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch) -
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(UserError, match="pip install matplotlib"):
         plot(_report(nn.Tanh), tmp_path / "flow.png")
+
+
+@pytest.mark.parametrize("width", [60, 80, 160])
+def test_a_sweep_wider_than_the_terminal_is_split_into_tables_that_fit(width: int) -> None:
+    """A table wider than the terminal is cut at its right edge: at 80 columns a 2x2 sweep's
+    fourth configuration would not be seen. Every configuration shows, every line fits."""
+    labels = ["act=sigmoid init=xavier", "act=sigmoid init=kaiming", "act=relu init=xavier",
+              "act=relu init=kaiming"]  # fmt: skip
+    kinds = [nn.Sigmoid, nn.Sigmoid, nn.ReLU, nn.ReLU]
+    reports = [(label, _report(kind)) for label, kind in zip(labels, kinds, strict=True)]
+    out = io.StringIO()
+    console = Console(file=out, width=width)
+    tables = sweep_tables(reports, console.width)
+    for table in tables:
+        console.print(table)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= width
+    flat = " ".join(text.split())
+    for label in labels:
+        assert all(part in flat for part in label.split()), label
+    assert text.count("factor/layer") == len(tables)
+    assert (len(tables) > 1) == (width < 160)
+    assert flat.count("one cell per decade") == 1  # the legend once, under the last table
