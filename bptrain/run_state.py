@@ -52,15 +52,30 @@ class LoopState:
     schedule_steps: int = 0  # horizon of per-step LR schedules, fixed when the run starts
     metrics_bytes: int = 0  # length of metrics.jsonl when this checkpoint was written
     world_size: int = 1  # processes that trained it (absent before 0.2: then not converted)
+    rank: int = 0  # this process's (saved by rank 0; a restore keeps its own)
+    # every rank's (epoch_loss_sum, epoch_samples) when the checkpoint was taken (Run.gather):
+    # a checkpoint is written by rank 0, but the epoch's train/loss sums over every rank's share
+    rank_sums: list[tuple[float, int]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        known = {f.name for f in fields(self)} - {"world_size"}  # this run's, not the file's
+        known = {f.name for f in fields(self)} - {
+            "world_size",
+            "rank",
+        }  # this run's, not the file's
         for key, value in state.items():
             if key in known:
                 setattr(self, key, value)
+        if self.rank_sums:  # this rank's share, or on another world size rank 0 holds them all
+            if len(self.rank_sums) == self.world_size:
+                loss_sum, samples = self.rank_sums[self.rank]
+            elif self.rank == 0:
+                loss_sum, samples = (sum(x) for x in zip(*self.rank_sums, strict=True))
+            else:
+                loss_sum, samples = 0.0, 0
+            self.epoch_loss_sum, self.epoch_samples = float(loss_sum), int(samples)
         saved_world = state.get("world_size")
         if saved_world and saved_world != self.world_size and self.batch_in_epoch:
             self._reshard(saved_world)
@@ -68,13 +83,8 @@ class LoopState:
     def _reshard(self, saved_world: int) -> None:
         """A mid-epoch checkpoint resumed on another number of processes. Rank r trains the
         positions r, r+W, r+2W... of the epoch's order, so k micro-batches per rank on W ranks
-        consumed the first k*W batches' worth of that order: continue after the same samples.
-        The epoch's running train/loss sums are rank 0's share, scaled to the new ranks."""
-        consumed = self.batch_in_epoch * saved_world
-        self.batch_in_epoch = consumed // self.world_size
-        scale = saved_world / self.world_size
-        self.epoch_loss_sum *= scale
-        self.epoch_samples = round(self.epoch_samples * scale)
+        consumed the first k*W batches' worth of that order: continue after the same samples."""
+        self.batch_in_epoch = self.batch_in_epoch * saved_world // self.world_size
 
 
 class RandomState:
@@ -137,7 +147,7 @@ class DataOrder:
                 self.warn(
                     f"the checkpoint was written by {saved_world} process(es) mid-epoch and this "
                     f"run has {self.loop.world_size}: the epoch continues after the samples "
-                    "already trained on, and its train/loss is estimated from rank 0's share."
+                    "already trained on."
                 )
             return  # another world size shards the same order differently: nothing to compare
         saved = state.get("crc32")

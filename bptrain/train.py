@@ -270,9 +270,11 @@ class Run:
         return self.state.save()
 
     def gather(self, weights: bool = True) -> None:
-        """FSDP, before a checkpoint (every rank calls this): the full state to rank 0, or each
-        rank's shard to disk (trainer.checkpoint.format); `weights`: also the full weights for
-        the .safetensors exports."""
+        """Before a checkpoint (every rank calls this): every rank's running epoch sums to the
+        state rank 0 writes; FSDP: the full state to rank 0, or each rank's shard to disk
+        (trainer.checkpoint.format); `weights`: also the full weights for the .safetensors."""
+        own = (self.loop.epoch_loss_sum, self.loop.epoch_samples)
+        self.loop.rank_sums = distributed.all_gather_objects(own)
         if self.sharded is not None:
             self.sharded.gather(self.loop.step, weights)
 
@@ -336,6 +338,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
     loop = LoopState(
         schedule_steps=saved["progress"]["schedule_steps"] if saved else total_steps,
         world_size=dist.world_size,
+        rank=dist.rank,
     )
     scheduler, schedule_interval = build_scheduler(cfg.scheduler, optimizer, loop.schedule_steps)
     precision = Precision.create(cfg.trainer.precision, dist.device)

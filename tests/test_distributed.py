@@ -328,3 +328,28 @@ def test_a_half_set_launch_environment_is_a_clear_error(monkeypatch: pytest.Monk
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UserError, match="RANK, MASTER_ADDR, MASTER_PORT are not"):
         distributed.setup("cpu")
+
+
+def test_a_ddp_run_stopped_mid_epoch_and_resumed_logs_the_epochs_of_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """Each rank holds its own share of the epoch's running train/loss; the checkpoint (written
+    by rank 0) records every rank's, and each rank resumes its own: the epoch's train/loss equals
+    the uninterrupted run's, not rank 0's share counted on every rank."""
+    # no LR schedule: a per-step schedule keeps the horizon of the run that set it (max_steps)
+    args = ["fit", str(QUICKSTART), *COMMON, "data.batch_size=32", "scheduler={name: none}"]
+    args += ["--nproc", "2"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = _bptrain(*args, cwd=tmp_path / "a")
+    assert straight.returncode == 0, straight.stdout + straight.stderr
+    expected = _records(_only_run_dir(tmp_path / "a" / "runs"), "epoch")
+    per_epoch = expected[0]["step"]
+    stopped = _bptrain(*args, f"trainer.max_steps={per_epoch + per_epoch // 2}", cwd=tmp_path / "b")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr  # mid-epoch 2
+    run = _only_run_dir(tmp_path / "b" / "runs")
+    resumed = _bptrain(*args, "trainer.max_steps=null", "--resume", str(run), cwd=tmp_path / "b")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    got = _records(run, "epoch")
+    assert [(r["epoch"], r["step"], r["train/loss"]) for r in got] == [
+        (r["epoch"], r["step"], r["train/loss"]) for r in expected
+    ]

@@ -152,16 +152,33 @@ def test_a_mid_epoch_checkpoint_resumed_on_another_world_size_continues_after_it
     from bptrain.run_state import LoopState
 
     saved = LoopState(
-        epoch=1, step=9, batch_in_epoch=6, epoch_loss_sum=3.0, epoch_samples=96, world_size=1
+        epoch=1, step=9, batch_in_epoch=6, world_size=1, rank_sums=[(3.0, 96)]
     ).state_dict()
-    on_two = LoopState(world_size=2)
-    on_two.load_state_dict(saved)  # rank r trains positions r, r+2, ...: 3 batches each
-    assert (on_two.batch_in_epoch, on_two.epoch_samples, on_two.epoch_loss_sum) == (3, 48, 1.5)
-    assert on_two.world_size == 2  # the run's own, not the file's
+    rank0, rank1 = LoopState(world_size=2, rank=0), LoopState(world_size=2, rank=1)
+    rank0.load_state_dict(saved)  # rank r trains positions r, r+2, ...: 3 batches each
+    rank1.load_state_dict(saved)
+    assert rank0.batch_in_epoch == rank1.batch_in_epoch == 3
+    # the epoch's train/loss sums every rank's share: rank 0 holds what was trained before
+    assert (rank0.epoch_loss_sum, rank0.epoch_samples) == (3.0, 96)
+    assert (rank1.epoch_loss_sum, rank1.epoch_samples) == (0.0, 0)
+    assert rank1.world_size == 2 and rank1.rank == 1  # the run's own, not the file's
+    rank0.rank_sums = [(3.5, 112), (0.5, 16)]  # what Run.gather records at the next save
     back = LoopState(world_size=1)
-    back.load_state_dict(on_two.state_dict())
-    assert (back.batch_in_epoch, back.epoch_samples, back.epoch_loss_sum) == (6, 96, 3.0)
-    older = {k: v for k, v in saved.items() if k != "world_size"}  # 0.1 files: left as they are
+    back.load_state_dict(rank0.state_dict())
+    assert (back.batch_in_epoch, back.epoch_loss_sum, back.epoch_samples) == (6, 4.0, 128)
+    older = {k: v for k, v in saved.items() if k not in ("world_size", "rank_sums")}  # 0.1 files
     untouched = LoopState(world_size=2)
     untouched.load_state_dict(older)
     assert untouched.batch_in_epoch == 6
+
+
+def test_each_rank_resumes_its_own_share_of_the_epoch_sums_on_the_same_world_size():
+    from bptrain.run_state import LoopState
+
+    saved = LoopState(
+        batch_in_epoch=4, world_size=2, epoch_loss_sum=1.0, epoch_samples=64,
+        rank_sums=[(1.0, 64), (2.0, 64)],
+    ).state_dict()  # fmt: skip
+    rank1 = LoopState(world_size=2, rank=1)
+    rank1.load_state_dict(saved)
+    assert (rank1.batch_in_epoch, rank1.epoch_loss_sum, rank1.epoch_samples) == (4, 2.0, 64)
