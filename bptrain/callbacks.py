@@ -118,6 +118,10 @@ class CallbackList:
         self._call("on_validation_end", dict(metrics))
         self._agree_on_stop()
 
+    def wants(self, hook: str) -> bool:
+        """A callback of this process defines `hook` (so the caller may prepare what it reads)."""
+        return self.enabled and any(hasattr(callback, hook) for _, callback in self.callbacks)
+
     def on_checkpoint(self, path: Path) -> None:
         self._call("on_checkpoint", path)
         if path.name == "last.pt":

@@ -58,6 +58,10 @@ class BackgroundWriter:
         self._raise_failures(wait=False)
         self._pending.append(self._pool.submit(write, *args))
 
+    def wait(self) -> None:
+        """Wait for the writes queued so far (a callback is about to read one of the files)."""
+        self._raise_failures(wait=True)
+
     def busy(self) -> bool:
         """A write is queued or under way (a signal arriving now must not force a stop)."""
         return any(not f.done() for f in self._pending)

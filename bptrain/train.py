@@ -289,8 +289,14 @@ class Run:
                         write(self.checkpoint(), path)
                     else:  # the loop waits for the copy to host memory, not for the disk
                         self.writer.submit(write, host_copy(self.checkpoint()), path)
-            # rank 0 only (CallbackList.enabled); with async_write the file may still be in flight
-            self.callbacks.on_checkpoint(path)
+            self.announce_checkpoint(path)
+
+    def announce_checkpoint(self, path: Path) -> None:
+        """``on_checkpoint`` (rank 0 only: CallbackList.enabled) once the file is on disk: with
+        async_write it is queued, so a callback that copies or uploads it waits for the writer."""
+        if self.writer is not None and self.callbacks.wants("on_checkpoint"):
+            self.writer.wait()
+        self.callbacks.on_checkpoint(path)
 
     def export(self, path: Path, background: bool = False) -> None:
         """The model's weights as .safetensors (best.safetensors, last.safetensors); `background`:
@@ -841,7 +847,7 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
             metrics, loop.epoch, loop.step, run.checkpoint, run.export_best, run.writer
         )
         if best and cfg.trainer.checkpoint.save_best:
-            run.callbacks.on_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+            run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.pruned = validated and run.pruning is not None and run.pruning.epoch_end(metrics)
     stopped = (
         (stopper is not None and stopper.should_stop) or run.pruned or run.callbacks.agreed_stop
@@ -874,7 +880,7 @@ def _end_mid_epoch(
             metrics, loop.epoch + 1, loop.step, run.checkpoint, run.export_best, run.writer
         )
         if best and run.cfg.trainer.checkpoint.save_best:
-            run.callbacks.on_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+            run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.save_last()
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch + 1, loop.step, metrics)

@@ -101,7 +101,9 @@ USER_CODE = textwrap.dedent(
                 self.run.request_stop("counted enough")
 
         def on_checkpoint(self, path):
-            self.checkpoints.append(path.name)
+            import torch  # the file is on disk, whole, and the one just saved (async writes too)
+            saved = torch.load(path, weights_only=True)["progress"]
+            self.checkpoints.append([path.name, saved["step"], self.steps])
 
         def on_fit_end(self, summary):
             with open(self.out, "w") as f:
@@ -397,7 +399,11 @@ def test_callback_state_survives_resume_and_sees_every_point(user_dir, cli, writ
     seen = json.loads((user_dir / "counter.json").read_text())
     assert seen["validations"] == 4  # 2 before the resume (from the checkpoint) + 2 after
     assert seen["steps"] == 4 * 6  # 240 samples - 20% val = 192 / 32 = 6 steps per epoch
-    assert "last.pt" in seen["checkpoints"] and seen["status"] == "completed"
+    assert seen["status"] == "completed"
+    names = [name for name, _, _ in seen["checkpoints"]]
+    assert "last.pt" in names and "best.pt" in names
+    for name, saved_step, step in seen["checkpoints"]:
+        assert saved_step == step, (name, saved_step, step)  # not the previous best.pt
 
 
 def test_callback_requests_a_clean_stop(user_dir, cli, write_config):
