@@ -243,9 +243,10 @@ def run_lr_find(
 ) -> dict[str, Any]:
     """The command: run the test, print the curve and the suggestion, write the files."""
     if plot is not None:
-        from bptrain.diagnostics.plot import require_matplotlib
+        from bptrain.diagnostics.plot import plot_target, require_matplotlib
 
         require_matplotlib()  # before the test, not after it
+        plot = plot_target(plot)
     result = range_test(cfg, start_lr, end_lr, steps, smoothing, diverge)
     out_dir = out or create_run_dir(cfg.logging.run_dir, f"{cfg.logging.name or 'run'}-lr-find")
     write_curve(result, out_dir)

@@ -23,7 +23,7 @@ from bptrain.checkpoint import load_checkpoint, model_state
 from bptrain.components import build_components
 from bptrain.config import load_config
 from bptrain.diagnostics.analysis import InspectOptions, inspect_gradients
-from bptrain.diagnostics.plot import plot, plot_sweep, require_matplotlib
+from bptrain.diagnostics.plot import plot, plot_sweep, plot_target, require_matplotlib
 from bptrain.diagnostics.render import print_report, sweep_tables
 from bptrain.diagnostics.report import SEVERITY_RANK, Report, to_json_dict
 from bptrain.errors import EXIT_DIAGNOSTIC_FLAGS, EXIT_OK, UserError
@@ -149,6 +149,7 @@ def run_grad_inspect(
         raise UserError(f"--fail-on must be warning or error, not {fail_on!r}")
     if plot_path is not None:
         require_matplotlib()  # before the analysis, not after it
+        plot_path = plot_target(plot_path)
     options = InspectOptions(check_gradients=check_gradients, noise=noise, curvature=curvature)
     overrides, points = sweep_points(overrides, sweep)
     if sweep:

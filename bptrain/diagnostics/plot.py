@@ -46,15 +46,35 @@ def require_matplotlib() -> Any:
     return plt
 
 
+def plot_target(path: Path) -> Path:
+    """A --plot path checked before the work it plots: ``.png`` added when it has no suffix (the
+    file matplotlib writes, and the name printed), a format matplotlib writes, a folder that can
+    exist. Call after ``require_matplotlib``."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise UserError(
+            f"--plot {path}: matplotlib cannot write {path.suffix} files; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. {path.with_suffix('.png')})."
+        )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--plot {path}: {parent} is a file, not a folder.")
+    return path
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Lay out, write (PNG, 120 dpi, creating the folder) and close a figure; every --plot ends here."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # a full disk, a read-only folder, a format
         raise UserError(f"cannot write {path}: {err}") from None
     finally:
         plt.close(fig)

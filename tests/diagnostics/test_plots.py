@@ -208,3 +208,21 @@ def test_every_option_works_on_the_shipped_models(
     result = grad_inspect(CONFIGS / config_name, *overrides, "data.batch_size=8", option)
     assert result.exit_code == 0, result.output
     assert expected in result.output
+
+
+def test_plot_paths_are_checked_before_the_analysis(config: Path, tmp_path: Path) -> None:
+    """A format matplotlib cannot write, or a folder that is a file, exits 2 at once (it was a
+    traceback after the whole analysis); a path without a suffix gets .png, and says so."""
+    pytest.importorskip("matplotlib")
+    refused = CliRunner().invoke(
+        app, ["grad-inspect", str(config), "--plot", str(tmp_path / "f.v2")]
+    )
+    assert refused.exit_code == 2 and "cannot write .v2 files" in refused.output, refused.output
+    (tmp_path / "afile").write_text("")
+    inside_a_file = CliRunner().invoke(
+        app, ["grad-inspect", str(config), "--plot", str(tmp_path / "afile" / "x.png")]
+    )
+    assert inside_a_file.exit_code == 2 and "is a file, not a folder" in inside_a_file.output
+    plain = grad_inspect(config, "--plot", tmp_path / "flow")
+    assert (tmp_path / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    assert "flow.png" in plain.output
