@@ -125,11 +125,11 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     by device and dtype: for a small model that Python bookkeeping costs more than the norms
     (about 90 vs 35 us on one CPU thread). It runs at every log step, and at every step of
     the CPU non-finite guard."""
+    # a sparse gradient (nn.Embedding(sparse=True)): its stored values have the same norm, and
+    # no foreach norm takes sparse tensors
+    grads = [g.coalesce().values() if g.is_sparse else g for g in grads]
     first = grads[0]
-    if any(
-        g.device != first.device or g.dtype != first.dtype or g.is_sparse or _is_dtensor(g)
-        for g in grads
-    ):
+    if any(g.device != first.device or g.dtype != first.dtype or _is_dtensor(g) for g in grads):
         return full(torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True))
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
@@ -160,7 +160,11 @@ class FiniteGrads:
         if not self._fused:
             return math.isfinite(float(total_norm(grads)))
         self._found.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
+        except (RuntimeError, NotImplementedError):  # a gradient unlike the first step's (a
+            self._fused = False  # sparse embedding used later, another device): the total norm
+            return math.isfinite(float(total_norm(grads)))
         return not self._found.item()
 
     def _fused_applies(self) -> bool:

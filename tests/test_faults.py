@@ -248,3 +248,21 @@ def test_ctrl_c_saves_at_the_step_boundary_and_hints_how_to_resume(tmp_path, mon
     assert load_checkpoint(run / "checkpoints/last.pt")["progress"]["step"] == 5
     hint = stopped.value.hint("bptrain fit tiny.yaml")
     assert hint.endswith(f"Resume with: bptrain fit tiny.yaml --resume {run}")
+
+
+def test_the_fused_non_finite_check_falls_back_when_a_later_gradient_does_not_fit_it():
+    """FiniteGrads settles on the fused kernel at the first step with gradients; a sparse
+    gradient that appears later (an embedding unused at step 1) falls back to the total norm
+    instead of crashing, and a NaN is still caught either way."""
+    from torch import nn
+
+    from bptrain.faults import FiniteGrads
+
+    model = nn.ModuleDict({"dense": nn.Linear(3, 2), "emb": nn.Embedding(5, 2, sparse=True)})
+    check = FiniteGrads()
+    model["dense"](torch.randn(4, 3)).sum().backward()
+    assert check.check(model)  # fused: dense float32 gradients only
+    model["emb"](torch.tensor([1, 2])).sum().backward()  # now a sparse gradient too
+    assert check.check(model)
+    model["dense"].weight.grad[0, 0] = float("nan")
+    assert not check.check(model)
