@@ -3,7 +3,8 @@
 A sharded checkpoint (``trainer.checkpoint.format: sharded``, the default under
 ``strategy: fsdp``) is two things in ``<run>/checkpoints/``:
 
-* a shard directory ``step-000000120.dcp/`` written by every rank at once with
+* a shard directory ``step-000000120-1a2b3c.dcp/`` (the step, then a random token: each write
+  has its own) written by every rank at once with
   ``torch.distributed.checkpoint.save``: the model's and the optimizer's state, each rank
   writing only the slices it owns (``__<rank>_0.distcp``) and rank 0 the index
   (``.metadata``); nobody gathers the full state;
@@ -11,7 +12,7 @@ A sharded checkpoint (``trainer.checkpoint.format: sharded``, the default under
   part of the run (loop state, RNG, data order, tracker, ...) plus ``shards``, the name of
   the directory holding its model and optimizer.
 
-Atomic as ``last.pt`` is: the ranks write into ``.step-….dcp.tmp/``, wait for each other,
+Atomic as ``last.pt`` is: the ranks write into ``.step-…-<token>.dcp.tmp/``, wait for each other,
 and rank 0 renames the complete directory into place; only then is ``last.pt`` replaced
 to point at it, and only after that are directories no checkpoint file names any more
 deleted (``prune``). A kill at any moment leaves the previous ``last.pt`` and the
@@ -31,6 +32,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,10 +55,20 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from bptrain.errors import TrainingError, UserError
 
 SUFFIX = ".dcp"
+_NAME = re.compile(r"step-(\d+)(?:-[0-9a-f]+)?" + re.escape(SUFFIX))
 
 
-def shard_dir_name(step: int) -> str:
-    return f"step-{step:09d}{SUFFIX}"
+def shard_dir_name(step: int, token: str | None = None) -> str:
+    """``step-000000120-1a2b3c.dcp``: the step first, so that names sort by step, and a random
+    token per write, so that a resumed run that reaches a step an earlier run (or the run before
+    a ``--resume best.pt``) also wrote never mistakes that directory for its own."""
+    return f"step-{step:09d}-{token or secrets.token_hex(3)}{SUFFIX}"
+
+
+def shard_step(name: str) -> int | None:
+    """The step of a shard directory's name (with or without a token), None for other names."""
+    found = _NAME.fullmatch(name)
+    return int(found.group(1)) if found else None
 
 
 # --------------------------------------------------------------------------- writing (collective)
@@ -68,36 +81,69 @@ def write_shards(
 
     A collective: every rank calls it at the same step. Written to ``.<name>.tmp`` first; after
     all ranks finished, rank 0 renames it into place, so the name exists only once complete.
+    Each phase ends with the ranks agreeing on its outcome, so that a failure on any one rank
+    (a full disk, a refused rename) is the same one-line ``TrainingError`` on every rank instead
+    of a traceback on one and a hang in the next collective on the others.
     """
-    name = shard_dir_name(step)
-    final, tmp = directory / name, directory / f".{name}.tmp"
     rank = dist.get_rank()
-    flag: list[bool | None] = [None]
-    if rank == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # a write a kill interrupted
-        flag[0] = (final / ".metadata").is_file()  # this step was written before (a resumed run)
-    dist.broadcast_object_list(flag, src=0)
-    if flag[0]:
-        return name
+    names: list[str | None] = [shard_dir_name(step) if rank == 0 else None]
+    dist.broadcast_object_list(names, src=0)  # every rank writes into the same directory
+    name = str(names[0])
+    final, tmp = directory / name, directory / f".{name}.tmp"
+    _agree(_attempt(lambda: _prepare(directory, tmp)) if rank == 0 else None, step, tmp)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    try:
-        dcp.save(
+    failure = _attempt(
+        lambda: dcp.save(
             {"model": model_state, "optimizer": optimizer_state},
             storage_writer=dcp.FileSystemWriter(tmp, sync_files=True),
         )
-    except OSError as err:
-        raise TrainingError(
-            f"could not write the shards of step {step} to {tmp}: {err}. "
-            "The previous checkpoint is intact."
-        ) from err
-    dist.barrier()  # every rank's shard is on disk
-    if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover under the final name
-        os.replace(tmp, final)
-        _fsync_dir(directory)
-    dist.barrier()
+    )
+    _agree(failure, step, tmp)  # every rank's shard (and rank 0's index) is on disk
+    _agree(_attempt(lambda: _publish(directory, tmp, final)) if rank == 0 else None, step, tmp)
     return name
+
+
+def _prepare(directory: Path, tmp: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a write a kill interrupted
+
+
+def _publish(directory: Path, tmp: Path, final: Path) -> None:
+    """Rank 0: the complete directory under its final name (a fresh name: nothing to replace)."""
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+
+
+def _attempt(action: Any) -> tuple[int, str] | None:
+    """Run this rank's part of a phase; the rank that failed and why (one line), or None.
+
+    DCP reports a rank's failure as a ``CheckpointException`` (on every rank), a BaseException
+    that ``except Exception`` would let through; its per-rank causes are unwrapped here."""
+    try:
+        action()
+    except (Exception, CheckpointException) as err:
+        failures = getattr(err, "failures", None)
+        ranks = sorted(failures) if isinstance(failures, dict) and failures else []
+        return (ranks[0] if ranks else dist.get_rank()), _reason(err)
+    return None
+
+
+def _agree(failure: tuple[int, str] | None, step: int, tmp: Path) -> None:
+    """A collective: raise the first rank's failure, if any rank had one, on every rank; rank 0
+    removes the half-written directory. ``last.pt`` and the directory it names are untouched."""
+    seen: list[tuple[int, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, failure)  # here, not bptrain.distributed: it imports sharding
+    failed = [found for found in seen if found is not None]
+    if not failed:
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rank, reason = min(failed)
+    where = f" on rank {rank}" if len(seen) > 1 else ""
+    raise TrainingError(
+        f"could not write the shards of step {step} to {tmp}{where}: {reason}. "
+        "The previous checkpoint is intact (checkpoints/last.pt and the directory it names)."
+    )
 
 
 def load_shards_into(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -185,6 +231,13 @@ def _cause(err: BaseException) -> BaseException:
         if isinstance(first, tuple) and first and isinstance(first[0], BaseException):
             return first[0]
     return err
+
+
+def _reason(err: BaseException) -> str:
+    """One line: what went wrong, from the first failing rank's own exception inside DCP's."""
+    cause = _cause(err)
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return text[:300]
 
 
 def _as_user_error(path: Path, err: BaseException) -> UserError:
@@ -295,10 +348,17 @@ class _SafeEmptyPlanner(_EmptyStateDictLoadPlanner):
 
 def prune(directory: Path, referenced: set[str], keep_from: str) -> list[Path]:
     """Delete the shard directories that no checkpoint file names any more, except `keep_from`
-    and later ones (written since: their checkpoint file may still be on its way)."""
+    and those of later steps (written since: their checkpoint file may still be on its way).
+
+    Ordered by the step in the name, not by the name: another directory of `keep_from`'s own
+    step is an earlier run's (each write has its own name) and goes when nothing names it."""
     removed = []
+    newest = shard_step(keep_from)
     for path in sorted(directory.glob(f"step-*{SUFFIX}")):
-        if path.name not in referenced and path.name < keep_from and path.is_dir():
+        step = shard_step(path.name)
+        if step is None or path.name in referenced or path.name == keep_from:
+            continue
+        if (newest is None or step <= newest) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
