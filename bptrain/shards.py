@@ -35,6 +35,7 @@ import pickle
 import re
 import secrets
 import shutil
+import types
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -280,20 +281,50 @@ def _dcp_classes() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` index, refusing any global that is not a metadata record."""
+# What a BUILD opcode must never target: it sets attributes with setattr or ``__dict__.update``,
+# which on a class, function or module (all that find_class returns) would outlive the refusal.
+_SHARED = (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)
+
+
+class _MetadataUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Unpickles DCP's ``.metadata`` index, refusing any global that is not a metadata record,
+    and any BUILD of an object that exists outside this file.
+
+    The pure-Python unpickler, because its opcodes are a table (``dispatch``) that can be
+    changed: the C one would let a crafted index BUILD an allowed class itself (e.g. set
+    ``PurePosixPath.as_posix``), a change that stays for the whole process even though the
+    file is then refused. The index is small: the speed does not matter."""
 
     allowed: ClassVar[dict[tuple[str, str], Any]] = {}
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
 
     def find_class(self, module: str, name: str) -> Any:
-        if not _MetadataUnpickler.allowed:
-            _MetadataUnpickler.allowed = _dcp_classes()
-        found = _MetadataUnpickler.allowed.get((module, name))
+        found = _allowed().get((module, name))
         if found is None:
             raise pickle.UnpicklingError(
                 f"it names {module}.{name}, which is not a DCP metadata record"
             )
         return found
+
+    def load_build(self) -> None:
+        target = self.stack[-2]  # below the state that BUILD applies to it
+        shared = isinstance(target, _SHARED) or any(
+            target is value for value in _allowed().values()
+        )
+        if shared:
+            raise pickle.UnpicklingError(
+                f"it sets attributes of {getattr(target, '__qualname__', type(target).__name__)} "
+                "itself, which a DCP metadata record never does"
+            )
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    if not _MetadataUnpickler.allowed:
+        _MetadataUnpickler.allowed = _dcp_classes()
+    return _MetadataUnpickler.allowed
 
 
 class SafeReader(FileSystemReader):

@@ -12,10 +12,12 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
+
+from bptrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("shard_worker.py")
@@ -112,6 +114,32 @@ def test_prune_orders_directories_by_step_and_keeps_named_and_later_ones(tmp_pat
         "step-000000012-000000.dcp",
         "step-000000020-aaaaaa.dcp",
     ]
+
+
+def _build_on_class() -> bytes:
+    """A pickle that BUILDs ``PurePosixPath`` itself: ``as_posix`` set to ``frozenset``."""
+    name = b"as_posix"
+    return (
+        b"\x80\x02cpathlib\nPurePosixPath\nN}X"
+        + len(name).to_bytes(4, "little")
+        + name
+        + b"cbuiltins\nfrozenset\ns\x86b."
+    )
+
+
+def test_a_shard_index_cannot_set_attributes_on_an_allowed_class(tmp_path):
+    from bptrain.shards import SafeReader
+
+    assert "as_posix" not in vars(PurePosixPath)  # inherited from PurePath
+    (tmp_path / ".metadata").write_bytes(_build_on_class())
+    try:
+        with pytest.raises(UserError, match="refusing to read .* sets attributes of PurePosixPath"):
+            SafeReader(tmp_path).read_metadata()
+        assert "as_posix" not in vars(PurePosixPath)
+        assert PurePosixPath("a/b").as_posix() == "a/b"
+    finally:  # repair the process if the file got through
+        if "as_posix" in vars(PurePosixPath):
+            delattr(PurePosixPath, "as_posix")
 
 
 def test_a_real_shard_index_still_reads(two_ranks):
