@@ -35,8 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from bptrain.checkpoint import load_checkpoint, save_checkpoint
-from bptrain.errors import UserError
+from bptrain.checkpoint import save_checkpoint
 from bptrain.shards import load_shards_into, prune, write_shards
 
 BLOCK_TYPES: tuple[type[nn.Module], ...] = (
@@ -164,17 +163,29 @@ class ShardedState:
 
 
 def referenced_shards(directory: Path) -> set[str]:
-    """The shard directories that the checkpoint files in `directory` name."""
+    """The shard directories that the checkpoint files in `directory` name.
+
+    Runs at every sharded save, over every ``*.pt`` there (top-k files, best.pt, a consolidated
+    full checkpoint...), so each is memory-mapped rather than read: only its small pickle is
+    parsed, still with ``weights_only=True``, and its tensors are never brought into memory."""
     names = set()
     for path in directory.glob("*.pt"):
-        try:
-            state = load_checkpoint(path, shards=())
-        except UserError:
-            continue  # an unreadable file cannot be resumed from anyway
-        shards = state.get("shards")
-        if isinstance(shards, dict) and isinstance(shards.get("dir"), str):
-            names.add(shards["dir"])
+        name = _shard_pointer(path)
+        if name is not None:
+            names.add(name)
     return names
+
+
+def _shard_pointer(path: Path) -> str | None:
+    """The ``shards["dir"]`` a checkpoint file names; None for a full checkpoint or a file that
+    cannot be read (one that cannot be resumed from either)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged, not a zip archive, or refused by weights_only
+        return None
+    shards = state.get("shards") if isinstance(state, dict) else None
+    name = shards.get("dir") if isinstance(shards, dict) else None
+    return name if isinstance(name, str) else None
 
 
 class _Part:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -150,3 +151,33 @@ def test_a_real_shard_index_still_reads(two_ranks):
     directory, results = two_ranks
     found = SafeReader(directory / results[0]["after"]["ok"]).read_metadata()
     assert isinstance(found, metadata.Metadata) and found.state_dict_metadata
+
+
+def test_referenced_shards_maps_files_and_never_loads_them_whole(tmp_path, monkeypatch):
+    from bptrain import sharding
+
+    torch.save({"shards": {"dir": "step-000000003-abcdef.dcp"}, "model": None}, tmp_path / "a.pt")
+    torch.save({"model": {"w": torch.zeros(1000)}, "format_version": 2}, tmp_path / "full.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    calls = []
+    load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    assert sharding.referenced_shards(tmp_path) == {"step-000000003-abcdef.dcp"}
+    assert calls and all(c.get("weights_only") is True and c.get("mmap") is True for c in calls)
+
+
+def test_a_pickle_that_runs_code_is_still_not_a_shard_pointer(tmp_path):
+    from bptrain import sharding
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"shards": Payload()}))
+    assert sharding.referenced_shards(tmp_path) == set()
+    assert not (tmp_path / "PWNED").exists()
