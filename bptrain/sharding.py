@@ -125,9 +125,11 @@ class ShardedState:
         self.model_part, self.optimizer_part = _Part(self, "model"), _Part(self, "optimizer")
         self.shards_part = _ShardsPart(self)
 
-    def gather(self, step: int, weights: bool = True) -> None:
+    def gather(self, step: int, weights: bool = True, shards: bool = True) -> None:
         """Collect the state of `step` for a checkpoint. Sharded: each rank writes its shard, and
-        with `weights` the full model weights also come to rank 0 (the .safetensors exports)."""
+        with `weights` the full model weights also come to rank 0 (the .safetensors exports).
+        ``shards=False``: the weights alone (the final export), no shard directory that no
+        checkpoint file would ever name."""
         if not self.sharded_files:
             if self._step != step:
                 self.model_state = get_model_state_dict(self.model, options=self._OPTIONS)
@@ -136,7 +138,7 @@ class ShardedState:
                 )
                 self._step = self._weights_step = step
             return
-        if self._step != step:
+        if shards and self._step != step:
             self.shard_dir = write_shards(self.model, self.optimizer, self.directory, step)
             self._step = step
         if weights and self._weights_step != step:
@@ -159,7 +161,13 @@ class ShardedState:
         save_checkpoint(state, path)
         shards = state.get("shards")
         if shards is not None:
-            prune(path.parent, referenced_shards(path.parent), keep_from=shards["dir"])
+            self.prune_unnamed(shards["dir"])
+
+    def prune_unnamed(self, keep_from: str) -> None:
+        """Delete the shard directories that no checkpoint file names, except `keep_from` (the
+        newest write, which a file may still come to name) and later ones. Rank 0, after the
+        files of a checkpoint (last.pt, best.pt, top-k) are written, in the writer's order."""
+        prune(self.directory, referenced_shards(self.directory), keep_from=keep_from)
 
 
 def referenced_shards(directory: Path) -> set[str]:

@@ -269,14 +269,28 @@ class Run:
         self.loop.metrics_bytes = self.log.jsonl.tell()
         return self.state.save()
 
-    def gather(self, weights: bool = True) -> None:
+    def gather(self, weights: bool = True, shards: bool = True) -> None:
         """Before a checkpoint (every rank calls this): every rank's running epoch sums to the
         state rank 0 writes; FSDP: the full state to rank 0, or each rank's shard to disk
-        (trainer.checkpoint.format); `weights`: also the full weights for the .safetensors."""
+        (trainer.checkpoint.format); `weights`: also the full weights for the .safetensors
+        exports; ``shards=False``: only those weights (no checkpoint follows)."""
         own = (self.loop.epoch_loss_sum, self.loop.epoch_samples)
         self.loop.rank_sums = distributed.all_gather_objects(own)
         if self.sharded is not None:
-            self.sharded.gather(self.loop.step, weights)
+            self.sharded.gather(self.loop.step, weights, shards)
+
+    def prune_shards(self) -> None:
+        """Format sharded, after an epoch end's checkpoint files: delete the shard directories
+        that none of them names. last.pt's write prunes too, but with save_last false (or between
+        every_n_epochs) best/top-k alone would leave one full copy per epoch behind. Queued
+        behind those files' writes when they go through the background writer."""
+        sharded = self.sharded
+        if sharded is None or sharded.shard_dir is None or not self.dist.is_main:
+            return
+        if self.writer is None:
+            sharded.prune_unnamed(sharded.shard_dir)
+        else:
+            self.writer.submit(sharded.prune_unnamed, sharded.shard_dir)
 
     def save_last(self) -> None:
         if self.cfg.trainer.checkpoint.save_last:
@@ -854,6 +868,7 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     )
     if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
         run.save_last()
+    run.prune_shards()
     return metrics
 
 
@@ -882,6 +897,7 @@ def _end_mid_epoch(
         if best and run.cfg.trainer.checkpoint.save_best:
             run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.save_last()
+    run.prune_shards()
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch + 1, loop.step, metrics)
     if validated:
@@ -916,7 +932,7 @@ def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str
     if restored:  # early_stopping.restore_best_weights, however the run ended
         run.model.load_state_dict(run.best_weights.weights)  # type: ignore[arg-type]
         console.print(f"restored the weights of the best epoch ({stopper.best_epoch})")  # type: ignore[union-attr]
-    run.gather()
+    run.gather(shards=False)  # the weights to export; no checkpoint file is written here
     if run.dist.is_main:  # the final model: what test/* measures
         run.export(run.run_dir / "checkpoints" / "last.safetensors")
     test = run.data.test

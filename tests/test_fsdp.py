@@ -271,6 +271,21 @@ def test_fsdp_resume_is_bit_exact_and_continues_on_another_world_size(tmp_path):
     assert "written by 1 process(es) mid-epoch" in " ".join(two.stdout.split()), two.stdout
 
 
+def test_without_last_pt_shard_directories_do_not_pile_up(tmp_path):
+    """save_last false: best.pt alone names a shard directory; the epoch ends' others are pruned
+    (before, one full copy per epoch stayed forever), and the final export writes none."""
+    args = [*COMMON, "data.batch_size=32", "trainer.strategy=fsdp", "trainer.max_epochs=4"]
+    args += ["trainer.max_steps=1000", "trainer.checkpoint.save_last=false"]
+    result = _launch(tmp_path, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ckpts = _run_dir(tmp_path / "runs") / "checkpoints"
+    assert not (ckpts / "last.pt").exists()
+    named = {load_checkpoint(p, shards=())["shards"]["dir"] for p in ckpts.glob("*.pt")}
+    left = {p.name for p in ckpts.glob("step-*.dcp")}
+    assert named and named <= left
+    assert len(left - named) <= 1  # at most the newest, kept while a file may still name it
+
+
 def test_fsdp_refuses_fp16_and_an_unlaunched_process(tmp_path):
     with pytest.raises(UserError, match="fsdp with precision fp16"):
         load_config(QUICKSTART, ["trainer.strategy=fsdp", "trainer.precision=fp16"])
