@@ -961,7 +961,8 @@ def consolidate(
     output: Annotated[
         Path | None,
         typer.Option(
-            help="Output file (default: beside the checkpoint, <name>.consolidated.pt/.safetensors)."
+            help="Output file (default: beside the checkpoint, <name>.consolidated.pt/.safetensors); "
+            "an existing file is never overwritten."
         ),
     ] = None,
     format: Annotated[

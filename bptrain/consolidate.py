@@ -6,6 +6,10 @@ shards in this one process, whatever the number of processes that wrote them, an
 either a full checkpoint (``pt``: the same keys and format 2 as an unsharded ``last.pt``,
 so everything that reads one reads it, ``--resume`` under fsdp included) or the model's
 weights alone (``safetensors``). A full checkpoint is copied as it is.
+
+The output defaults to ``<name>.consolidated.<ext>`` beside the source, for a full checkpoint
+too: never the source itself, nor the run's own ``last.safetensors`` export. An existing file
+is never overwritten: that is a clear error naming it.
 """
 
 from __future__ import annotations
@@ -33,16 +37,30 @@ def find_checkpoint(target: Path) -> Path:
     return target
 
 
+def _output_path(source: Path, output: Path | None, fmt: str) -> Path:
+    """Where to write: `output`, else ``<name>.consolidated.<ext>`` beside `source`; refused
+    when that is the source itself or any existing file (a run's last.safetensors, an earlier
+    consolidation), which would otherwise be replaced without a word."""
+    suffix = ".safetensors" if fmt == "safetensors" else ".pt"
+    given = output is not None
+    output = output or source.with_name(f"{source.stem}.consolidated{suffix}")
+    if output.resolve() == source.resolve():
+        raise UserError(f"--output {output} is the checkpoint being read; choose another path.")
+    if output.exists():
+        what = f"--output {output}" if given else f"{output} (the default output)"
+        raise UserError(
+            f"{what} already exists; bptrain does not overwrite it. Remove it, or choose "
+            "another path with --output."
+        )
+    return output
+
+
 def consolidate(target: Path, output: Path | None, fmt: str) -> dict[str, Any]:
     """Write the single-file form of the checkpoint `target` names; returns what was written."""
     source = find_checkpoint(target)
     sharded = load_checkpoint(source, shards=()).get("shards") is not None
     state = load_checkpoint(source, shards=("model", "optimizer"))
-    suffix = ".safetensors" if fmt == "safetensors" else ".pt"
-    default_name = f"{source.stem}.consolidated{suffix}" if sharded else f"{source.stem}{suffix}"
-    output = output or source.with_name(default_name)
-    if output.resolve() == source.resolve():
-        raise UserError(f"--output {output} is the checkpoint being read; choose another path.")
+    output = _output_path(source, output, fmt)
     if fmt == "safetensors":
         progress = state.get("progress") or {}
         meta = {

@@ -181,3 +181,38 @@ def test_a_pickle_that_runs_code_is_still_not_a_shard_pointer(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"shards": Payload()}))
     assert sharding.referenced_shards(tmp_path) == set()
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.fixture()
+def full_run(tmp_path: Path) -> Path:
+    """A full (unsharded) last.pt beside the run's own last.safetensors export."""
+    from safetensors.torch import save_file
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    state = {"model": {"w": torch.ones(3)}, "progress": {"epoch": 1, "step": 4}, "shards": None}
+    torch.save({**state, "format_version": 2}, ckpts / "last.pt")
+    save_file({"w": torch.full((3,), 7.0)}, ckpts / "last.safetensors")
+    return ckpts
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_consolidating_a_full_checkpoint_writes_beside_it_and_overwrites_nothing(full_run, fmt):
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from bptrain.cli import app
+
+    export = (full_run / "last.safetensors").read_bytes()
+    args = ["checkpoint", "consolidate", str(full_run / "last.pt"), "--format", fmt]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = full_run / f"last.consolidated.{fmt}"
+    assert written.is_file()
+    assert (full_run / "last.safetensors").read_bytes() == export  # the run's export untouched
+    if fmt == "safetensors":
+        assert torch.equal(load_file(written)["w"], torch.ones(3))
+    again = CliRunner().invoke(app, args)  # the default output exists now: refused, kept
+    assert again.exit_code == 2, again.output
+    assert "already exists" in " ".join(again.output.split())
+    assert "Traceback" not in again.output
