@@ -67,9 +67,11 @@ def evaluate(
 def _without_autograd(model: nn.Module) -> AbstractContextManager[object]:
     """``inference_mode``, except for an FSDP model: there the first evaluation of a process
     (a resume that starts with validation) would all-gather the parameters into inference
-    tensors, which FSDP keeps and the next training step can no longer write into."""
+    tensors, which FSDP keeps and the next training step can no longer write into. Any module
+    counts, not only the root: a wrapper (a model's own ``training_step`` runs through
+    ``steps.StepModule``) may hold the FSDP root inside it. Only looked for when FSDP is loaded."""
     fsdp = sys.modules.get("torch.distributed.fsdp")
-    if fsdp is not None and isinstance(model, fsdp.FSDPModule):
+    if fsdp is not None and any(isinstance(m, fsdp.FSDPModule) for m in model.modules()):
         return torch.no_grad()
     return torch.inference_mode()
 

@@ -286,6 +286,27 @@ def test_without_last_pt_shard_directories_do_not_pile_up(tmp_path):
     assert len(left - named) <= 1  # at most the newest, kept while a file may still name it
 
 
+def test_evaluation_of_a_wrapped_fsdp_model_keeps_autograd_tensors(tmp_path):
+    """A wrapper around the FSDP root (a model's own training_step runs through StepModule)
+    must get no_grad, as the root does: inference tensors would break the next training step."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from bptrain.evaluate import _without_autograd
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        inner = fully_shard(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        wrapper = torch.nn.ModuleDict({"model": inner})
+        assert isinstance(_without_autograd(inner), torch.no_grad)
+        assert isinstance(_without_autograd(wrapper), torch.no_grad)
+        assert isinstance(_without_autograd(torch.nn.Linear(2, 2)), torch.inference_mode)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_fsdp_refuses_fp16_and_an_unlaunched_process(tmp_path):
     with pytest.raises(UserError, match="fsdp with precision fp16"):
         load_config(QUICKSTART, ["trainer.strategy=fsdp", "trainer.precision=fp16"])
