@@ -42,9 +42,12 @@ COMMON = [
 ]
 
 
-def _launch(cwd: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+def _launch(
+    cwd: Path, *args: str, nproc: int = 2, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "bptrain", "fit", str(QUICKSTART), *args, "--nproc", str(nproc)],
         cwd=cwd,
@@ -284,6 +287,39 @@ def test_without_last_pt_shard_directories_do_not_pile_up(tmp_path):
     left = {p.name for p in ckpts.glob("step-*.dcp")}
     assert named and named <= left
     assert len(left - named) <= 1  # at most the newest, kept while a file may still name it
+
+
+FULL_DISK_ON_RANK_1 = """
+import errno, os
+if os.environ.get("RANK") == "1":
+    from torch.distributed.checkpoint import filesystem
+    writes = []
+    def write_data(self, plan, planner, _original=filesystem.FileSystemWriter.write_data):
+        writes.append(1)
+        if len(writes) >= 2:  # the second checkpoint: the first one must survive
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return _original(self, plan, planner)
+    filesystem.FileSystemWriter.write_data = write_data
+"""
+
+
+def test_a_full_disk_on_one_rank_ends_fit_with_one_line_on_every_rank(tmp_path):
+    """DCP wraps a rank's OSError in a CheckpointException (a BaseException): before, a
+    traceback escaped fit. Now exit 1 with the cause, and the previous last.pt still loads."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_DISK_ON_RANK_1)
+    path = os.pathsep.join([str(hook), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    args = [*COMMON, "data.batch_size=16", "trainer.strategy=fsdp"]
+    args += ["trainer.checkpoint.every_n_steps=5", "logging.report=false"]
+    result = _launch(tmp_path, *args, env_extra={"PYTHONPATH": path})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output and "CheckpointException" not in output, output
+    assert "could not write the shards of step 10" in " ".join(output.split()), output
+    assert "on rank 1: [Errno 28] No space left on device" in " ".join(output.split()), output
+    last = load_checkpoint(_run_dir(tmp_path / "runs") / "checkpoints" / "last.pt")
+    assert last["progress"]["step"] == 5 and last["model"]["net.0.weight"].shape == (64, 64)
 
 
 def test_evaluation_of_a_wrapped_fsdp_model_keeps_autograd_tensors(tmp_path):
