@@ -92,7 +92,10 @@ def _mlflow_fit(cli, write_config, uri: str) -> tuple[Path, object, object]:
         ),
     ],
 )
-def test_mlflow_records_params_metrics_and_artifacts(cli, write_config, tmp_path, store):
+def test_mlflow_records_params_metrics_and_artifacts(
+    cli, write_config, tmp_path, store, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a sqlite store puts its artifacts in ./mlruns (MLflow's default)
     uri = f"file://{tmp_path}/mlruns" if store == "file" else f"sqlite:///{tmp_path}/mlflow.db"
     _, client, run = _mlflow_fit(cli, write_config, uri)
     run_dir = only_run_dir(tmp_path / "runs")
