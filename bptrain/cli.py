@@ -129,6 +129,16 @@ def fit(
     ] = None,
 ) -> None:
     """Train a model as CONFIG describes; writes a run directory with metrics, TensorBoard events and checkpoints."""
+    from bptrain import collector
+
+    collector.hold()  # until training begins: imports and set-up (bptrain/collector.py)
+    try:
+        _fit(config, overrides, resume, nproc)
+    finally:
+        collector.release()
+
+
+def _fit(config: Path, overrides: list[str] | None, resume: str | None, nproc: int | None) -> None:
     from rich.console import Console
 
     from bptrain.config import load_config

@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from bptrain import distributed
+from bptrain import collector, distributed
 from bptrain.adversarial import AdversarialTraining, BatchLoss, build_adversarial
 from bptrain.callbacks import CallbackList, RunInfo, build_callbacks
 from bptrain.checkpoint import (
@@ -109,6 +109,7 @@ def fit(
     info = RunInfo(run.run_dir, to_dict(cfg), run.model, run.dist.world_size, loop.epoch, loop.step)
     run.callbacks.on_fit_start(info)
     progress = ConsoleProgress(console, run.progress_mode, run.total_steps, cfg.trainer.max_epochs)
+    collector.training_begins()  # what setup built is not walked by every collection (collector.py)
     started = time.perf_counter()
     epoch_metrics: dict[str, Any] = {}
     trained = False  # the loop ended as planned: _finish still writes in the run directory
@@ -181,10 +182,12 @@ def fit(
         progress.close()
         if not trained:  # failed or stopped: the run directory is free again
             run.lock.release()
+            collector.training_ends()
     try:
         return _finish(run, epoch_metrics, started)
     finally:
         run.lock.release()
+        collector.training_ends()
 
 
 @dataclass
