@@ -31,16 +31,16 @@ def hold() -> None:
 
 
 def release() -> None:
-    """Collection back on, if ``hold`` turned it off (a command that ends before training)."""
-    global _held
-    if _held:
-        gc.enable()
-        _held = False
+    """The command is over: collection back on if ``hold`` turned it off (set-up failed before
+    training), and a later fit in this process (tests, the API) hands its frozen objects back."""
+    global _command
+    _resume()
+    _command = False
 
 
 def training_begins() -> None:
     gc.freeze()
-    release()
+    _resume()
 
 
 def training_ends() -> None:
@@ -48,3 +48,10 @@ def training_ends() -> None:
     back 500,000 objects costs one full collection (~0.3 s) just before the exit frees them."""
     if not _command:
         gc.unfreeze()
+
+
+def _resume() -> None:
+    global _held
+    if _held:
+        gc.enable()
+        _held = False
