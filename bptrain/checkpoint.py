@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from bptrain.durable import fsync_dir
 from bptrain.errors import TrainingError, UserError
 
 _UMASK = os.umask(0)
@@ -124,7 +125,7 @@ def _atomic_write(path: Path, write: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as err:
         Path(tmp_name).unlink(missing_ok=True)
         hint = (
@@ -167,21 +168,10 @@ def link_or_copy(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
         os.link(source, tmp)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError:
         tmp.unlink(missing_ok=True)
         _atomic_write(target, lambda handle: handle.write(source.read_bytes()))
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(

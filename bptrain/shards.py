@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.default_planner import (
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from bptrain.durable import fsync_dir
 from bptrain.errors import TrainingError, UserError
 
 SUFFIX = ".dcp"
@@ -112,7 +113,7 @@ def _prepare(directory: Path, tmp: Path) -> None:
 def _publish(directory: Path, tmp: Path, final: Path) -> None:
     """Rank 0: the complete directory under its final name (a fresh name: nothing to replace)."""
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _attempt(action: Any) -> tuple[int, str] | None:
@@ -164,17 +165,6 @@ def load_shards_into(model: nn.Module, optimizer: torch.optim.Optimizer, path: P
         model_state_dict=state["model"],
         optim_state_dict=state["optimizer"],
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading (one process)
