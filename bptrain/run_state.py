@@ -58,7 +58,9 @@ class LoopState:
     rank_sums: list[tuple[float, int]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        state = asdict(self)
+        del state["rank"]  # always rank 0's, who writes the file: each process knows its own
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)} - {
