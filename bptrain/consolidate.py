@@ -1,7 +1,7 @@
 """``bptrain checkpoint consolidate``: one self-contained file from a sharded checkpoint.
 
 A sharded checkpoint (``trainer.checkpoint.format: sharded``) is a small ``.pt`` file plus
-the ``step-N.dcp/`` directory of shards it names (``shards.py``). Consolidating reads the
+the ``step-N-<hex>.dcp/`` directory of shards it names (``shards.py``). Consolidating reads the
 shards in this one process, whatever the number of processes that wrote them, and writes
 either a full checkpoint (``pt``: the same keys and format 2 as an unsharded ``last.pt``,
 so everything that reads one reads it, ``--resume`` under fsdp included) or the model's

@@ -49,7 +49,7 @@ class CheckpointConfig(Section):
     async_write: bool = True
     """Write last.pt (and best.pt, best.safetensors, top-k files) on a background thread: the loop only waits for the copy of the state to host memory, not for the disk. The write is still atomic (a kill during it leaves the previous last.pt), writes happen in order, and the run waits for the last one before it exits. false writes in the loop."""
     format: Literal["auto", "full", "sharded"] = "auto"
-    """How the model and optimizer state is written. full: inside each .pt file (gathered to rank 0 under fsdp). sharded (strategy fsdp only): every rank writes its own shard into a step-N.dcp/ directory beside the .pt file, which holds the rest of the run's state and names that directory; eval, predict, export and init_from read it in one process, and `bptrain checkpoint consolidate` makes a single file of it. auto: sharded under strategy fsdp, else full. See docs/checkpointing.md."""
+    """How the model and optimizer state is written. full: inside each .pt file (gathered to rank 0 under fsdp). sharded (strategy fsdp only): every rank writes its own shard into a step-N-<hex>.dcp/ directory (one per write) beside the .pt file, which holds the rest of the run's state and names that directory; eval, predict, export and init_from read it in one process, and `bptrain checkpoint consolidate` makes a single file of it. auto: sharded under strategy fsdp, else full. See docs/checkpointing.md."""
 
 
 class EarlyStoppingConfig(Section):
