@@ -311,6 +311,7 @@ class CheckpointTracker:
         self.best_step: int | None = None
         self.best_metrics: dict[str, float] | None = None
         self.top_k: list[dict[str, Any]] = []  # {"value", "epoch", "step", "file"}, best first
+        self.written: Path | None = None  # the file the last update wrote its state to
 
     def better(self, value: float, reference: float | None) -> bool:
         if reference is None:
@@ -332,11 +333,14 @@ class CheckpointTracker:
     ) -> bool:
         """Rank this epoch's metrics; write what is due. Returns True when this is the new best.
 
-        `make_state()` builds the checkpoint dict (called at most once, after the tracker's own
-        state is updated so the files record it); `export_best(path)` writes best.safetensors.
-        With a `writer` (trainer.checkpoint.async_write) the files are written by its thread, in
-        order, from a host copy of the state, as last.pt is: the loop does not wait on the disk.
+        `make_state()` builds the checkpoint dict as it is to be written (called at most once,
+        after the tracker's own state is updated so the files record it; with a `writer`, a copy
+        in host memory: ``host_copy``); `export_best(path)` writes best.safetensors. With a
+        `writer` (trainer.checkpoint.async_write) the files are written by its thread, in order,
+        as last.pt is: the loop does not wait on the disk. ``written`` names the file this
+        update wrote the state to (None if none), so that last.pt can link it (train.Run).
         """
+        self.written = None
         value = metrics.get(self.monitor)
         if value is None or not math.isfinite(value):
             return (
@@ -349,17 +353,16 @@ class CheckpointTracker:
         if entry is None and not (improved and self.save_best):
             return improved  # nothing to write
         state = make_state()  # after the bookkeeping above, so the files record it
-        if writer is not None:
-            state, do = host_copy(state), writer.submit
-        else:
-            do = _now
+        do = _now if writer is None else writer.submit
         if entry is not None:
-            do(save_checkpoint, state, self.directory / entry["file"])
+            self.written = self.directory / entry["file"]
+            do(save_checkpoint, state, self.written)
         if improved and self.save_best:
             if entry is not None:
                 do(link_or_copy, self.directory / entry["file"], self.directory / "best.pt")
             else:
-                do(save_checkpoint, state, self.directory / "best.pt")
+                self.written = self.directory / "best.pt"
+                do(save_checkpoint, state, self.written)
             if export_best is not None:
                 export_best(self.directory / "best.safetensors")
         for old in evicted:

@@ -26,11 +26,13 @@ by ``build_run`` into a ``Run``; ``fit`` is the loop over it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -46,6 +48,7 @@ from bptrain.checkpoint import (
     BackgroundWriter,
     CheckpointTracker,
     host_copy,
+    link_or_copy,
     rewind_run_dir,
     save_checkpoint,
     save_safetensors,
@@ -228,6 +231,7 @@ class Run:
     # held from the run directory's first write until fit ends: one process per run (runlock.py)
     lock: RunDirLock = field(default_factory=lambda: RunDirLock(None))
     recorded: dict[str, Any] | None = None  # a finished run's summary.json, when resumed as is
+    shared: dict[str, Any] | None = None  # within one_state(): the state an epoch end's files share
 
     @property
     def device(self) -> torch.device:
@@ -295,17 +299,51 @@ class Run:
         else:
             self.writer.submit(sharded.prune_unnamed, sharded.shard_dir)
 
+    @contextlib.contextmanager
+    def one_state(self) -> Iterator[None]:
+        """At an epoch end, best.pt (or a top-k file) and last.pt hold the same state: within this
+        block it is built and copied once, written once, and last.pt becomes a hard link of the
+        file the tracker wrote (``link_or_copy``). Not with FSDP's sharded format (every write
+        names its own shard directory), nor when a callback's ``on_checkpoint`` runs between
+        the two files and may change its own state, which last.pt must then hold."""
+        if self.sharded is None and not self.callbacks.wants("on_checkpoint"):
+            self.shared = {}
+        try:
+            yield
+        finally:
+            self.shared = None
+
+    def state_to_write(self) -> dict[str, Any]:
+        """The checkpoint's contents as the writer takes them: with the background writer, a copy
+        in host memory (the loop goes on changing the tensors in place while it is written)."""
+        if self.shared is not None and "state" in self.shared:
+            return self.shared["state"]
+        state = self.checkpoint()
+        if self.writer is not None:  # the loop waits for the copy to host memory, not for the disk
+            state = host_copy(state)
+        if self.shared is not None:
+            self.shared["state"] = state
+        return state
+
+    def write(self, write: Any, *args: Any) -> None:
+        """``write(*args)`` now, or queued on the background writer (trainer.checkpoint.async_write)."""
+        if self.writer is None:
+            write(*args)
+        else:
+            self.writer.submit(write, *args)
+
     def save_last(self) -> None:
         if self.cfg.trainer.checkpoint.save_last:
             path = self.run_dir / "checkpoints" / "last.pt"
             with self.stop.saving():
                 self.gather(weights=False)
-                write = self.sharded.write_file if self.sharded else save_checkpoint
                 if self.dist.is_main:
-                    if self.writer is None:
-                        write(self.checkpoint(), path)
-                    else:  # the loop waits for the copy to host memory, not for the disk
-                        self.writer.submit(write, host_copy(self.checkpoint()), path)
+                    same = self.tracker.written if self.shared and "state" in self.shared else None
+                    if same is not None:  # this epoch's best.pt or top-k file: link it (one_state)
+                        self.write(link_or_copy, same, path)
+                    else:
+                        write = self.sharded.write_file if self.sharded else save_checkpoint
+                        self.write(write, self.state_to_write(), path)
             self.announce_checkpoint(path)
 
     def announce_checkpoint(self, path: Path) -> None:
@@ -319,8 +357,11 @@ class Run:
         """The model's weights as .safetensors (best.safetensors, last.safetensors); `background`:
         through the async checkpoint writer when there is one, from a host copy taken now."""
         meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
-        weights = self.sharded.model_state if self.sharded else self.model.state_dict()
         meta["bptrain"] = __version__
+        if background and self.shared and "state" in self.shared:  # the copy best.pt was made of
+            self.write(save_safetensors, self.shared["state"]["model"], path, meta)
+            return
+        weights = self.sharded.model_state if self.sharded else self.model.state_dict()
         if background and self.writer is not None:
             self.writer.submit(save_safetensors, host_copy(weights), path, meta)
         else:
@@ -858,19 +899,20 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     progress.epoch_end(loop.epoch, loop.step, metrics)
     if validated:  # before this epoch's checkpoints: they hold the callbacks' updated state
         run.callbacks.on_validation_end(loop.epoch, loop.step, metrics)
-    run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
-    if run.dist.is_main:
-        best = run.tracker.update(
-            metrics, loop.epoch, loop.step, run.checkpoint, run.export_best, run.writer
-        )
-        if best and cfg.trainer.checkpoint.save_best:
-            run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
     run.pruned = validated and run.pruning is not None and run.pruning.epoch_end(metrics)
     stopped = (
         (stopper is not None and stopper.should_stop) or run.pruned or run.callbacks.agreed_stop
     )
-    if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
-        run.save_last()
+    with run.one_state():  # best.pt and last.pt of one epoch end: one copy, one write
+        run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
+        if run.dist.is_main:
+            best = run.tracker.update(
+                metrics, loop.epoch, loop.step, run.state_to_write, run.export_best, run.writer
+            )
+            if best and cfg.trainer.checkpoint.save_best:
+                run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+        if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
+            run.save_last()
     run.prune_shards()
     return metrics
 
@@ -892,14 +934,15 @@ def _end_mid_epoch(
         run.guard.check_epoch_loss(metrics["val/loss"], "val/loss")  # nan_policy, as train/loss
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
     metrics["time"] = round(time.perf_counter() - started, 3)
-    run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
-    if run.dist.is_main:
-        best = run.tracker.update(
-            metrics, loop.epoch + 1, loop.step, run.checkpoint, run.export_best, run.writer
-        )
-        if best and run.cfg.trainer.checkpoint.save_best:
-            run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
-    run.save_last()
+    with run.one_state():  # best.pt and last.pt: one copy, one write
+        run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
+        if run.dist.is_main:
+            best = run.tracker.update(
+                metrics, loop.epoch + 1, loop.step, run.state_to_write, run.export_best, run.writer
+            )
+            if best and run.cfg.trainer.checkpoint.save_best:
+                run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+        run.save_last()
     run.prune_shards()
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch + 1, loop.step, metrics)

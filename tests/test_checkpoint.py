@@ -15,6 +15,7 @@ import torch
 import yaml
 from ckpt_helpers import assert_same_weights, run_dirs, run_fit, tiny_config, weights
 
+import bptrain.checkpoint as checkpoint
 import bptrain.train as train
 from bptrain.checkpoint import CheckpointTracker, load_checkpoint, save_checkpoint
 from bptrain.errors import UserError
@@ -105,14 +106,21 @@ def test_checkpoint_files_and_summary_follow_the_monitor(tmp_path):
 
 def test_checkpoint_cadence_every_n_epochs_and_every_n_steps(tmp_path, monkeypatch):
     written: list[tuple[int, int]] = []
-    real = train.save_checkpoint
+    real, real_link = train.save_checkpoint, train.link_or_copy
 
     def record(state, path):
         if path.name == "last.pt":
             written.append((state["progress"]["epoch"], state["progress"]["step"]))
         real(state, path)
 
+    def record_link(source, path):  # last.pt as a link of the epoch's best.pt (Run.one_state)
+        if path.name == "last.pt":
+            state = load_checkpoint(source)
+            written.append((state["progress"]["epoch"], state["progress"]["step"]))
+        real_link(source, path)
+
     monkeypatch.setattr(train, "save_checkpoint", record)
+    monkeypatch.setattr(train, "link_or_copy", record_link)
     run_fit(
         tiny_config(tmp_path / "a", trainer={"max_epochs": 5, "checkpoint": {"every_n_epochs": 2}})
     )
@@ -123,6 +131,59 @@ def test_checkpoint_cadence_every_n_epochs_and_every_n_steps(tmp_path, monkeypat
     )
     # mid-epoch saves at steps 4 and 8 (epoch 0 not finished), the epoch-end saves at 10 and 20
     assert written == [(0, 4), (0, 8), (1, 10), (1, 12), (1, 16), (2, 20)]
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])  # one of the two ends on a non-best epoch
+def test_an_epoch_end_copies_and_writes_its_state_once_for_best_pt_and_last_pt(
+    tmp_path, monkeypatch, mode
+):
+    """best.pt and last.pt of the same epoch end hold the same state: one host copy, one write,
+    and last.pt is a hard link of best.pt (Run.one_state). A later epoch that is not the best
+    replaces last.pt and leaves best.pt as it was."""
+    saves: list[tuple[str, int]] = []
+    links: list[tuple[str, str]] = []
+    copies: list[int] = []
+    real_save, real_link, real_copy = train.save_checkpoint, train.link_or_copy, train.host_copy
+
+    def save(state, path):
+        saves.append((path.name, state["progress"]["epoch"]))
+        real_save(state, path)
+
+    def link(source, path):
+        links.append((source.name, path.name))
+        real_link(source, path)
+
+    def copy(state):
+        copies.append(state["progress"]["epoch"])
+        return real_copy(state)
+
+    for module in (train, checkpoint):  # last.pt's writes (train), best.pt's (the tracker)
+        monkeypatch.setattr(module, "save_checkpoint", save)
+        monkeypatch.setattr(module, "link_or_copy", link)
+    monkeypatch.setattr(train, "host_copy", copy)
+    epochs = 4
+    summary = run_fit(
+        tiny_config(
+            tmp_path,
+            trainer={"max_epochs": epochs, "checkpoint": {"monitor": "val/loss", "mode": mode}},
+        )
+    )
+    (run,) = run_dirs(tmp_path)
+    best_epochs = [epoch for name, epoch in saves if name == "best.pt"]
+    assert best_epochs and best_epochs[-1] == summary["best"]["epoch"]
+    assert copies == list(range(1, epochs + 1))  # one host copy per epoch end, best or not
+    assert len(saves) == epochs  # best.pt at a new best (last.pt links it), else last.pt
+    assert links == [("best.pt", "last.pt")] * len(best_epochs)
+    assert [e for name, e in saves if name == "last.pt"] == [
+        e for e in range(1, epochs + 1) if e not in best_epochs
+    ]
+    best, last = run / "checkpoints/best.pt", run / "checkpoints/last.pt"
+    assert load_checkpoint(last)["progress"]["epoch"] == epochs
+    assert load_checkpoint(best)["progress"]["epoch"] == best_epochs[-1]
+    assert os.path.samefile(best, last) == (best_epochs[-1] == epochs)
+    assert_same_weights(
+        load_weights(run / "checkpoints/best.safetensors"), weights(best)
+    )  # best.safetensors comes from the same copy
 
 
 def test_a_weights_only_file_cannot_be_resumed_but_can_init(tmp_path):
