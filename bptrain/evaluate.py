@@ -87,6 +87,7 @@ def _accumulate(
     """Sums of (value x batch size) per logged name, and the number of samples; metrics updated."""
     device = precision.device
     user_step = StepModule(model) if has_training_step(model) else None
+    scores = metrics.argmax_only  # accuracy alone: the argmax of the logits, no softmax
     sums: dict[str, torch.Tensor] = {}
     samples, total = 0, len(batches)
     for index, batch in enumerate(batches):
@@ -107,7 +108,9 @@ def _accumulate(
             output = output.float()
             values = {"loss": objective.loss(output, y)}
             metrics.update(
-                *metric_inputs(output, y, objective.task, objective.binary, objective.log_probs)
+                *metric_inputs(
+                    output, y, objective.task, objective.binary, objective.log_probs, scores
+                )
             )
         for name, value in values.items():
             term = value.detach().to(sum_dtype(device)) * n

@@ -117,3 +117,29 @@ def test_named_default_metric_is_light(name: str) -> None:
     task = "classification" if name == "accuracy" else "regression"
     built = build_metrics([entry], task, 3 if task == "classification" else None).metrics
     assert type(next(iter(built.values()))).__name__ in ("Accuracy", "MeanAbsoluteError")
+
+
+def test_accuracy_alone_is_counted_on_the_logits_without_a_softmax() -> None:
+    """The default evaluation passes accuracy the logits (argmax_only): the same count as on
+    the probabilities, without a softmax per batch; any other metric gets probabilities."""
+    from bptrain.metrics import metric_inputs
+
+    alone = build_metrics(None, "classification", 7)
+    with_f1 = build_metrics(
+        [type("E", (), {"name": n, "average": "macro"})() for n in ("accuracy", "f1")],
+        "classification",
+        7,
+    )
+    assert alone.argmax_only and not with_f1.argmax_only
+    assert not build_metrics(None, "regression", None).argmax_only
+    for seed in range(5):
+        on_logits, on_probs = Accuracy(), Accuracy()
+        for probs, target in _batches(seed):
+            logits = probs.log() * 1.7 + 0.3  # another scale and shift: the same argmax
+            preds, tgt = metric_inputs(logits, target, "classification", False, False, True)
+            assert preds is not None and torch.equal(preds, logits)  # passed as they are
+            on_logits.update(preds, tgt)
+            on_probs.update(
+                *metric_inputs(logits, target, "classification", False, False, scores=False)
+            )
+        assert on_logits.compute().item() == on_probs.compute().item()
