@@ -89,7 +89,7 @@ def _accumulate(
     user_step = StepModule(model) if has_training_step(model) else None
     scores = metrics.argmax_only  # accuracy alone: the argmax of the logits, no softmax
     sums: dict[str, torch.Tensor] = {}
-    samples, total = 0, len(batches)
+    samples, total, dtype = 0, len(batches), sum_dtype(device)
     for index, batch in enumerate(batches):
         batch = to_device(batch, device)
         n = batch_size(batch)
@@ -112,9 +112,10 @@ def _accumulate(
                     output, y, objective.task, objective.binary, objective.log_probs, scores
                 )
             )
-        for name, value in values.items():
-            term = value.detach().to(sum_dtype(device)) * n
-            sums[name] = term if name not in sums else sums[name] + term
+        for name, value in values.items():  # value x n, summed in float64: exact products
+            if name not in sums:
+                sums[name] = torch.zeros((), dtype=dtype, device=device)
+            sums[name].add_(value.detach(), alpha=n)
         samples += n
         if on_batch is not None:
             on_batch(index + 1, total)

@@ -147,7 +147,7 @@ def fit(
                         batch_loss=run.adversarial_loss(),
                     )
                     if not run.guard.last_skipped:  # a skipped step adds nothing to train/loss
-                        epoch_loss += result.loss.to(epoch_loss.dtype) * result.samples
+                        epoch_loss.add_(result.loss, alpha=result.samples)  # exact in float64
                         loop.epoch_samples += result.samples
                     loop.batch_in_epoch += len(window)
                     loop.step += 1
