@@ -112,12 +112,12 @@ class StopFlag:
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
-        """While a checkpoint is written, every signal is only recorded."""
-        self._saving = True
+        """While a checkpoint is written, every signal is only recorded (blocks may nest)."""
+        outer, self._saving = self._saving, True
         try:
             yield
         finally:
-            self._saving = False
+            self._saving = outer
 
 
 def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:

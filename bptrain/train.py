@@ -309,7 +309,8 @@ class Run:
         if self.sharded is None and not self.callbacks.wants("on_checkpoint"):
             self.shared = {}
         try:
-            yield
+            with self.stop.saving():  # best.pt too: a signal while it is written is only recorded
+                yield
         finally:
             self.shared = None
 

@@ -210,6 +210,7 @@ def test_signals_during_a_save_are_only_recorded():
 
 def test_a_second_signal_while_saving_does_not_corrupt_last_pt(tmp_path, monkeypatch):
     """SIGUSR1 stops the run; while its last.pt is being written, SIGTERM and Ctrl-C arrive."""
+    import bptrain.checkpoint as checkpoint
     import bptrain.train as train
 
     real_save = train.save_checkpoint
@@ -217,14 +218,16 @@ def test_a_second_signal_while_saving_does_not_corrupt_last_pt(tmp_path, monkeyp
 
     def save_with_signals(state, path):
         calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGUSR1)  # the first save (epoch 1) triggers the stop
+        if calls["n"] == 1:  # the first save (epoch 1's best.pt) triggers the stop; a Ctrl-C
+            os.kill(os.getpid(), signal.SIGUSR1)  # while it is written is only recorded too
+            os.kill(os.getpid(), signal.SIGINT)
         else:
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGINT)
         real_save(state, path)
 
-    monkeypatch.setattr(train, "save_checkpoint", save_with_signals)
+    monkeypatch.setattr(train, "save_checkpoint", save_with_signals)  # last.pt
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_with_signals)  # best.pt (epoch 1)
     # saves in the loop: with the background writer the first signal would arrive whenever its
     # thread reaches last.pt (behind epoch 1's best.pt), a step or an epoch later under load
     checkpoint = {"async_write": False}
