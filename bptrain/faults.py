@@ -21,9 +21,10 @@ Overhead: on CPU every step is checked before the optimizer update (a host read 
 scalars costs nothing there). On a GPU, ``stop`` accumulates a device-side flag (the
 loss every step, the gradient norm when clipping or logging computes it anyway) and reads
 it only at log steps, epoch ends and before every checkpoint write: no extra sync per step,
-at the price of detecting a NaN up to ``log_every_n_steps`` steps late (the checkpoint is
-checked first, so a poisoned model is never saved). ``skip`` must decide before each
-update, so on a GPU it costs one sync per step.
+at the price of detecting a NaN up to ``log_every_n_steps`` steps late. A checkpoint is
+never written from a poisoned model: the flag is read first, and the weights themselves
+are checked (``weights_finite``), for a NaN gradient with a finite loss that no norm
+saw. ``skip`` must decide before each update, so on a GPU it costs one sync per step.
 
 fp16: an overflow in the *scaled* gradients is routine; the GradScaler skips that
 update and lowers its scale. Those steps are counted (``amp_skipped_steps`` in the step
@@ -331,6 +332,39 @@ class NonFiniteGuard:
             return
         if not self.eager and self.policy != "ignore" and bool(self._bad):
             raise self._lazy_failure(here=True)
+
+    def weights_finite(self, model: nn.Module) -> bool:
+        """Before every checkpoint, in lazy (GPU) mode: are the weights themselves finite?
+
+        The lazy check sees the loss at every step but the gradients only where clipping or
+        logging computes their norm, so a non-finite gradient with a finite loss at another
+        step is applied unseen. Looking at the weights (this rank's shard under FSDP; one host
+        read per checkpoint, never per step) keeps such a model out of every checkpoint file.
+        True without looking where every step is checked before its update (CPU, ``skip``)."""
+        if self.eager or self.policy == "ignore":
+            return True
+        weights = [p.detach() for p in model.parameters()]
+        weights = [w.to_local() if _is_dtensor(w) else w for w in weights]  # type: ignore[attr-defined]
+        flags = [torch.isfinite(w).all() for w in weights if w.numel()]
+        return not flags or bool(torch.stack(flags).all())
+
+    def poisoned_weights(self, model: nn.Module, here: bool) -> NonFinite:
+        """The failure ``weights_finite`` found, naming this rank's non-finite parameters."""
+        bad = [
+            name
+            for name, p in model.named_parameters()
+            if not bool(torch.isfinite(p.to_local() if _is_dtensor(p) else p).all())  # type: ignore[attr-defined]
+        ]
+        return NonFinite(
+            "the model's weights became non-finite (found before writing a checkpoint: on a GPU "
+            "bptrain checks gradients without a per-step sync, and a non-finite gradient with a "
+            "finite loss was applied unseen)",
+            {
+                "first_nonfinite": "weights (lazy GPU check: found before a checkpoint)",
+                "nonfinite_parameters": bad,
+            },
+            here=here,
+        )
 
     def _lazy_failure(self, here: bool) -> NonFinite:
         return NonFinite(

@@ -281,8 +281,12 @@ class Run:
         state rank 0 writes; FSDP: the full state to rank 0, or each rank's shard to disk
         (trainer.checkpoint.format); `weights`: also the full weights for the .safetensors
         exports; ``shards=False``: only those weights (no checkpoint follows)."""
-        own = (self.loop.epoch_loss_sum, self.loop.epoch_samples)
-        self.loop.rank_sums = distributed.all_gather_objects(own)
+        finite = self.guard.weights_finite(self.model)  # lazy (GPU) mode: never save NaN weights
+        own = (self.loop.epoch_loss_sum, self.loop.epoch_samples, finite)
+        gathered = distributed.all_gather_objects(own)  # every rank learns every verdict
+        self.loop.rank_sums = [(loss, samples) for loss, samples, _ in gathered]
+        if not all(ok for *_, ok in gathered):
+            raise self.guard.poisoned_weights(self.model, here=not finite)
         if self.sharded is not None:
             self.sharded.gather(self.loop.step, weights, shards)
 

@@ -269,3 +269,46 @@ def test_the_fused_non_finite_check_falls_back_when_a_later_gradient_does_not_fi
     assert check.check(model)
     model["dense"].weight.grad[0, 0] = float("nan")
     assert not check.check(model)
+
+
+def test_the_lazy_gpu_check_never_saves_weights_a_hidden_nan_gradient_poisoned(
+    tmp_path, monkeypatch
+):
+    """On a GPU the check is lazy: the loss every step, the gradients only where a norm is
+    computed anyway. A NaN gradient with a finite loss at another step is applied unseen; the
+    next checkpoint looks at the weights and stops instead of overwriting the good last.pt.
+    Run here on CPU with the GPU's choice (as tests/test_no_sync.py's gpu_paths)."""
+    import bptrain.train as train
+    from bptrain.faults import NonFiniteGuard
+
+    original = NonFiniteGuard.__init__
+
+    def as_on_gpu(self, policy, *args, **kwargs):
+        original(self, policy, *args, **kwargs)
+        self.eager = policy == "skip"
+
+    real = train.clip_and_measure
+    calls = {"n": 0}
+
+    def poison_step_6(model, clip, measure):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after backward, before the update; the loss stays finite
+            next(model.parameters()).grad[0] = math.nan
+        return real(model, clip, measure)
+
+    monkeypatch.setattr(NonFiniteGuard, "__init__", as_on_gpu)
+    monkeypatch.setattr(train, "clip_and_measure", poison_step_6)
+    cfg = tiny_config(
+        tmp_path,
+        trainer={"max_epochs": 2, "checkpoint": {"every_n_steps": 3}},  # last.pt at 3, 6, 9
+        logging={"log_every_n_steps": 1000},  # no log step: no norm sees the gradient
+    )
+    with pytest.raises(TrainingError, match="weights became non-finite"):
+        run_fit(cfg)
+    (run,) = run_dirs(tmp_path)
+    last = load_checkpoint(run / "checkpoints/last.pt")
+    assert last["progress"]["step"] == 3  # the step-6 save was refused, step 3's stands
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
+    report = json.loads((run / "nan_report.json").read_text())
+    assert report["first_nonfinite"].startswith("weights")
+    assert report["nonfinite_parameters"] == [next(iter(last["model"]))]
