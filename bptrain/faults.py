@@ -160,13 +160,15 @@ class FiniteGrads:
             return True
         if not self._fused:
             return math.isfinite(float(total_norm(grads)))
-        self._found.zero_()
-        try:
+        try:  # the kernel only ever sets the flag: it is zeroed after a hit, not at every step
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
         except (RuntimeError, NotImplementedError):  # a gradient unlike the first step's (a
             self._fused = False  # sparse embedding used later, another device): the total norm
             return math.isfinite(float(total_norm(grads)))
-        return not self._found.item()
+        if not self._found.item():
+            return True
+        self._found.zero_()
+        return False
 
     def _fused_applies(self) -> bool:
         grads = [p.grad for p in self._params if p.grad is not None]
@@ -185,6 +187,7 @@ class FiniteGrads:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, self._one)
         except (RuntimeError, NotImplementedError):
             return False
+        self._found.zero_()  # check() runs the kernel again and reads the flag
         return True
 
 

@@ -267,8 +267,9 @@ class Run:
 
     def checkpoint_due_mid_epoch(self) -> bool:
         every = self.cfg.trainer.checkpoint.every_n_steps
-        mid_epoch = self.loop.batch_in_epoch < len(self.data.train)
-        return bool(every) and self.loop.step % every == 0 and mid_epoch
+        if not every or self.loop.step % every:
+            return False
+        return self.loop.batch_in_epoch < len(self.data.train)  # mid-epoch
 
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint's contents now (see run_state.py)."""

@@ -271,6 +271,24 @@ def test_the_fused_non_finite_check_falls_back_when_a_later_gradient_does_not_fi
     assert not check.check(model)
 
 
+def test_the_fused_check_reports_each_step_on_its_own():
+    """The fused check's flag is zeroed after a hit, not before every step: a finite step after
+    a non-finite one (nan_policy skip goes on) is finite again, and a NaN at the very first
+    step (when the check settles on the kernel) is caught."""
+    from torch import nn
+
+    from bptrain.faults import FiniteGrads
+
+    model, check = nn.Linear(3, 2), FiniteGrads()
+    for bad in (True, False, False, True, True, False, True):
+        model.zero_grad(set_to_none=True)
+        model(torch.randn(4, 3)).sum().backward()
+        if bad:
+            model.weight.grad[1, 2] = -math.inf
+        assert check.check(model) is (not bad)
+    assert check._fused  # the kernel, not the fallback, gave these answers
+
+
 def test_the_lazy_gpu_check_never_saves_weights_a_hidden_nan_gradient_poisoned(
     tmp_path, monkeypatch
 ):
