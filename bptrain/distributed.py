@@ -141,6 +141,7 @@ def teardown(wait_for_all_ranks: bool = False) -> None:
     """
     if not dist.is_initialized():
         return
+    gc.unfreeze()  # `bptrain fit` froze set-up's objects, the DDP wrapper among them (collector.py)
     gc.collect()
     if wait_for_all_ranks:
         dist.barrier()

@@ -139,3 +139,44 @@ def test_fit_from_python_hands_the_frozen_objects_back(tmp_path: Path):
     )
     fit(cfg, Console(quiet=True))
     assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+TEARDOWN_PROBE = """
+import gc, json, os, sys, weakref
+import torch.distributed as dist
+from bptrain import collector
+from bptrain.distributed import teardown
+collector.hold()  # what `bptrain fit` does: set-up's objects are frozen when training begins
+class Reducer:  # stands for the DDP wrapper: a reference cycle made during set-up
+    pass
+reducer = Reducer()
+reducer.cycle = reducer
+alive = weakref.ref(reducer)
+del reducer
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+collector.training_begins()
+collector.training_ends()  # a command: the frozen objects stay frozen until the process ends
+teardown(wait_for_all_ranks=True)
+sys.stderr.write("PROBE " + json.dumps({"freed": alive() is None}) + "\\n")
+"""
+
+
+def test_ddp_teardown_frees_what_set_up_left_frozen():
+    """`bptrain fit` freezes set-up's objects (collector.py), the DDP wrapper among them; left to
+    interpreter shutdown, gloo's threads can abort the process (SIGABRT: exit 134 after a
+    finished run, seen in tests/test_distributed.py). teardown frees them before the group goes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_PROBE, str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
+    assert lines, result.stderr[-2000:]
+    assert json.loads(lines[-1][len("PROBE ") :]) == {"freed": True}
