@@ -365,7 +365,8 @@ def evaluate(
     epsilon: Annotated[
         float | None,
         typer.Option(
-            help="Attack budget in raw input units (before data.normalize), e.g. 0.1 for pixels in [0, 1].",
+            help="Attack budget in raw input units (before data.normalize), e.g. 0.1 for pixels in "
+            "[0, 1]. Default: the first positive --epsilons, else the config's trainer.adversarial.epsilon.",
             show_default=False,
         ),
     ] = None,
@@ -386,7 +387,13 @@ def evaluate(
             help="PGD step size in raw units (default 2.5 x epsilon / steps).", show_default=False
         ),
     ] = None,
-    norm: Annotated[NormName, typer.Option(help="Perturbation norm.")] = NormName.linf,
+    norm: Annotated[
+        NormName | None,
+        typer.Option(
+            help="Perturbation norm (default: the config's trainer.adversarial.norm, else linf).",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -430,7 +437,7 @@ def evaluate(
             steps=steps,
             restarts=restarts,
             alpha=alpha,
-            norm=norm.value,
+            norm=norm.value if norm is not None else None,
             out=out,
             plot=plot,
             as_json=as_json,

@@ -402,23 +402,31 @@ def evaluate_checkpoint_robustness(
     steps: int,
     restarts: int,
     alpha: float | None,
-    norm: Literal["linf", "l2"],
+    norm: Literal["linf", "l2"] | None,
 ) -> dict[str, Any]:
     """``bptrain eval --attack``: the checkpoint's model attacked on one split of the config's data.
 
-    Without ``epsilon``, the headline is the first positive value of ``epsilons``.
+    Without ``epsilon``, the headline is the first positive value of ``epsilons``, else the
+    budget the model was trained against (``trainer.adversarial.epsilon``). Without ``norm``,
+    the norm it was trained against, else linf.
     """
     from bptrain.inference import load_model_and_split
 
     model, batches, objective, precision, data = load_model_and_split(cfg, checkpoint, split)
     space = check_attackable(data.spec, data.input_space, "--attack")
     features = data.spec.in_features
+    trained = cfg.trainer.adversarial  # the threat model the model was trained against
+    if norm is None:
+        norm = trained.norm if trained is not None else "linf"
+    if epsilon is None and not epsilons and trained is not None:
+        epsilon = trained.epsilon
     table = sorted(set(epsilons or []) | ({epsilon} if epsilon is not None else set()) | {0.0})
     if epsilon is None:
         positive = [e for e in table if e > 0]
         if not positive:
             raise UserError(
-                "--attack needs an epsilon (in raw input units): --epsilon 0.1, or --epsilons 0,0.05,0.1"
+                "--attack needs an epsilon (in raw input units): --epsilon 0.1, or --epsilons "
+                "0,0.05,0.1 (a config with trainer.adversarial gives its epsilon)"
             )
         epsilon = positive[0]
     for eps in table:
@@ -444,7 +452,7 @@ def attack_command(
     steps: int,
     restarts: int,
     alpha: float | None,
-    norm: Literal["linf", "l2"],
+    norm: Literal["linf", "l2"] | None,
     out: Path | None,
     plot: bool,
     as_json: bool,

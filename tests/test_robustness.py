@@ -207,6 +207,24 @@ def test_sanity_checks_stay_quiet_on_a_normal_model(cli, trained, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_attack_defaults_to_the_epsilon_the_model_was_trained_against(cli, trained, tmp_path):
+    """Without --epsilon or --epsilons, a config with trainer.adversarial is evaluated at the
+    budget it trained against; --epsilon still wins."""
+    config, checkpoint = trained
+    data = yaml.safe_load(config.read_text())
+    threat = {"method": "fgsm", "epsilon": 0.5, "norm": "l2"}
+    data.setdefault("trainer", {})["adversarial"] = threat
+    adversarial = tmp_path / "adversarial.yaml"
+    adversarial.write_text(yaml.safe_dump(data))
+    report = _eval_json(cli, adversarial, checkpoint, "--attack", "fgsm")
+    assert (report["epsilon"], report["norm"]) == (0.5, "l2"), report
+    given = ("--epsilon", "0.05", "--norm", "linf")
+    report = _eval_json(cli, adversarial, checkpoint, "--attack", "fgsm", *given)
+    assert (report["epsilon"], report["norm"]) == (0.05, "linf")
+    report = _eval_json(cli, config, checkpoint, "--attack", "fgsm", "--epsilon", "0.05")
+    assert report["norm"] == "linf"  # no trainer.adversarial: linf, as before
+
+
 def test_sanity_checks_fire_on_a_masked_model(cli, masked, tmp_path):
     config, checkpoint = masked
     out = tmp_path / "report.json"
