@@ -231,7 +231,8 @@ class Run:
     # held from the run directory's first write until fit ends: one process per run (runlock.py)
     lock: RunDirLock = field(default_factory=lambda: RunDirLock(None))
     recorded: dict[str, Any] | None = None  # a finished run's summary.json, when resumed as is
-    shared: dict[str, Any] | None = None  # within one_state(): the state an epoch end's files share
+    sharing: bool = False  # within one_state(): an epoch end's files share one state
+    shared_state: dict[str, Any] | None = None  # that state, once the first file built it
 
     @property
     def device(self) -> torch.device:
@@ -297,12 +298,8 @@ class Run:
         every_n_epochs) best/top-k alone would leave one full copy per epoch behind. Queued
         behind those files' writes when they go through the background writer."""
         sharded = self.sharded
-        if sharded is None or sharded.shard_dir is None or not self.dist.is_main:
-            return
-        if self.writer is None:
-            sharded.prune_unnamed(sharded.shard_dir)
-        else:
-            self.writer.submit(sharded.prune_unnamed, sharded.shard_dir)
+        if sharded is not None and sharded.shard_dir is not None and self.dist.is_main:
+            self.write(sharded.prune_unnamed, sharded.shard_dir)
 
     @contextlib.contextmanager
     def one_state(self) -> Iterator[None]:
@@ -311,24 +308,23 @@ class Run:
         file the tracker wrote (``link_or_copy``). Not with FSDP's sharded format (every write
         names its own shard directory), nor when a callback's ``on_checkpoint`` runs between
         the two files and may change its own state, which last.pt must then hold."""
-        if self.sharded is None and not self.callbacks.wants("on_checkpoint"):
-            self.shared = {}
+        self.sharing = self.sharded is None and not self.callbacks.wants("on_checkpoint")
         try:
             with self.stop.saving():  # best.pt too: a signal while it is written is only recorded
                 yield
         finally:
-            self.shared = None
+            self.sharing, self.shared_state = False, None
 
     def state_to_write(self) -> dict[str, Any]:
         """The checkpoint's contents as the writer takes them: with the background writer, a copy
         in host memory (the loop goes on changing the tensors in place while it is written)."""
-        if self.shared is not None and "state" in self.shared:
-            return self.shared["state"]
+        if self.shared_state is not None:
+            return self.shared_state
         state = self.checkpoint()
         if self.writer is not None:  # the loop waits for the copy to host memory, not for the disk
             state = host_copy(state)
-        if self.shared is not None:
-            self.shared["state"] = state
+        if self.sharing:
+            self.shared_state = state
         return state
 
     def write(self, write: Any, *args: Any) -> None:
@@ -344,7 +340,7 @@ class Run:
             with self.stop.saving():
                 self.gather(weights=False)
                 if self.dist.is_main:
-                    same = self.tracker.written if self.shared and "state" in self.shared else None
+                    same = self.tracker.written if self.shared_state is not None else None
                     if same is not None:  # this epoch's best.pt or top-k file: link it (one_state)
                         self.write(link_or_copy, same, path)
                     else:
@@ -364,8 +360,8 @@ class Run:
         through the async checkpoint writer when there is one, from a host copy taken now."""
         meta = {"format": "pt", "epoch": str(self.loop.epoch), "step": str(self.loop.step)}
         meta["bptrain"] = __version__
-        if background and self.shared and "state" in self.shared:  # the copy best.pt was made of
-            self.write(save_safetensors, self.shared["state"]["model"], path, meta)
+        if background and self.shared_state is not None:  # the copy best.pt was made of
+            self.write(save_safetensors, self.shared_state["model"], path, meta)
             return
         weights = self.sharded.model_state if self.sharded else self.model.state_dict()
         if background and self.writer is not None:
@@ -419,12 +415,7 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         cfg.trainer.adversarial, data, cfg.seed, dist.rank, dist.world_size, parts.objective
     )
 
-    # a resumed run continues in its run directory; rank 0 names a new one, every rank uses it
-    run_dir = run_dir_of(checkpoint_path) or distributed.broadcast(
-        _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
-        if dist.is_main
-        else None
-    )
+    run_dir = _run_dir(cfg, checkpoint_path, dist)
     ckpt, es = cfg.trainer.checkpoint, cfg.trainer.early_stopping
     sharded = _sharded_state(model, optimizer, cfg, run_dir / "checkpoints")
     tracker = CheckpointTracker(
@@ -493,6 +484,15 @@ def build_run(cfg: Config, console: Console, resume: str | None = None) -> Run:
         writer=writer, lock=lock, recorded=recorded,
         adversarial=adversarial,
     )  # fmt: skip
+
+
+def _run_dir(cfg: Config, checkpoint_path: Path | None, dist: distributed.Dist) -> Path:
+    """A resumed run continues in its run directory; rank 0 names a new one, every rank uses it."""
+    return run_dir_of(checkpoint_path) or distributed.broadcast(
+        _writable(lambda: create_run_dir(cfg.logging.run_dir, cfg.logging.name or "run"))
+        if dist.is_main
+        else None
+    )
 
 
 def _layer_recorder(
@@ -909,17 +909,8 @@ def _end_of_epoch(run: Run, progress: ConsoleProgress, started: float) -> dict[s
     stopped = (
         (stopper is not None and stopper.should_stop) or run.pruned or run.callbacks.agreed_stop
     )
-    with run.one_state():  # best.pt and last.pt of one epoch end: one copy, one write
-        run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
-        if run.dist.is_main:
-            best = run.tracker.update(
-                metrics, loop.epoch, loop.step, run.state_to_write, run.export_best, run.writer
-            )
-            if best and cfg.trainer.checkpoint.save_best:
-                run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
-        if loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped:
-            run.save_last()
-    run.prune_shards()
+    due = loop.epoch % cfg.trainer.checkpoint.every_n_epochs == 0 or last_epoch or stopped
+    _save_checkpoints(run, metrics, loop.epoch, save_last=due)
     return metrics
 
 
@@ -940,21 +931,28 @@ def _end_mid_epoch(
         run.guard.check_epoch_loss(metrics["val/loss"], "val/loss")  # nan_policy, as train/loss
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
     metrics["time"] = round(time.perf_counter() - started, 3)
-    with run.one_state():  # best.pt and last.pt: one copy, one write
-        run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
-        if run.dist.is_main:
-            best = run.tracker.update(
-                metrics, loop.epoch + 1, loop.step, run.state_to_write, run.export_best, run.writer
-            )
-            if best and run.cfg.trainer.checkpoint.save_best:
-                run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
-        run.save_last()
-    run.prune_shards()
+    _save_checkpoints(run, metrics, loop.epoch + 1, save_last=True)
     run.log.log("epoch", loop.step, metrics)
     progress.epoch_end(loop.epoch + 1, loop.step, metrics)
     if validated:
         run.callbacks.on_validation_end(loop.epoch + 1, loop.step, metrics)
     return metrics
+
+
+def _save_checkpoints(run: Run, metrics: dict[str, Any], epoch: int, save_last: bool) -> None:
+    """An epoch end's files: best.pt and the top-k files as the tracker ranks `metrics` (rank 0),
+    then last.pt when due; one state, copied and written once (``Run.one_state``)."""
+    with run.one_state():
+        run.gather()  # FSDP: every rank takes part; the tracker (rank 0) may write best/top-k
+        if run.dist.is_main:
+            best = run.tracker.update(
+                metrics, epoch, run.loop.step, run.state_to_write, run.export_best, run.writer
+            )
+            if best and run.cfg.trainer.checkpoint.save_best:
+                run.announce_checkpoint(run.run_dir / "checkpoints" / "best.pt")
+        if save_last:
+            run.save_last()
+    run.prune_shards()
 
 
 def _finish(run: Run, epoch_metrics: dict[str, Any], started: float) -> dict[str, Any]:
