@@ -340,6 +340,62 @@ class NormName(str, Enum):
     l2 = "l2"
 
 
+# bptrain eval --attack
+Epsilon = Annotated[
+    float | None,
+    typer.Option(
+        help="Attack budget in raw input units (before data.normalize), e.g. 0.1 for pixels in "
+        "[0, 1]. Default: the first positive --epsilons, else the config's trainer.adversarial.epsilon.",
+        show_default=False,
+    ),
+]
+
+Epsilons = Annotated[
+    str | None,
+    typer.Option(
+        help="Comma-separated epsilons for the accuracy-vs-epsilon table, e.g. 0,0.05,0.1,0.2.",
+        show_default=False,
+    ),
+]
+
+PgdSteps = Annotated[int, typer.Option(min=0, help="PGD steps.")]
+
+PgdRestarts = Annotated[
+    int, typer.Option(min=1, help="PGD random restarts (per sample, the worst counts).")
+]
+
+PgdAlpha = Annotated[
+    float | None,
+    typer.Option(
+        help="PGD step size in raw units (default 2.5 x epsilon / steps).", show_default=False
+    ),
+]
+
+AttackNorm = Annotated[
+    NormName | None,
+    typer.Option(
+        help="Perturbation norm (default: the config's trainer.adversarial.norm, else linf).",
+        show_default=False,
+    ),
+]
+
+AttackOut = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --attack: write the report as JSON here (default: robustness_<split>.json beside the checkpoint).",
+        show_default=False,
+    ),
+]
+
+AttackPlot = Annotated[
+    bool,
+    typer.Option(
+        "--plot",
+        help="With --attack: also write the accuracy-vs-epsilon curve as a PNG (needs matplotlib).",
+    ),
+]
+
+
 @app.command(name="eval")
 def evaluate(
     config: ConfigArg,
@@ -362,52 +418,14 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    epsilon: Annotated[
-        float | None,
-        typer.Option(
-            help="Attack budget in raw input units (before data.normalize), e.g. 0.1 for pixels in "
-            "[0, 1]. Default: the first positive --epsilons, else the config's trainer.adversarial.epsilon.",
-            show_default=False,
-        ),
-    ] = None,
-    epsilons: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated epsilons for the accuracy-vs-epsilon table, e.g. 0,0.05,0.1,0.2.",
-            show_default=False,
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option(min=0, help="PGD steps.")] = 10,
-    restarts: Annotated[
-        int, typer.Option(min=1, help="PGD random restarts (per sample, the worst counts).")
-    ] = 1,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            help="PGD step size in raw units (default 2.5 x epsilon / steps).", show_default=False
-        ),
-    ] = None,
-    norm: Annotated[
-        NormName | None,
-        typer.Option(
-            help="Perturbation norm (default: the config's trainer.adversarial.norm, else linf).",
-            show_default=False,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="With --attack: write the report as JSON here (default: robustness_<split>.json beside the checkpoint).",
-            show_default=False,
-        ),
-    ] = None,
-    plot: Annotated[
-        bool,
-        typer.Option(
-            "--plot",
-            help="With --attack: also write the accuracy-vs-epsilon curve as a PNG (needs matplotlib).",
-        ),
-    ] = False,
+    epsilon: Epsilon = None,
+    epsilons: Epsilons = None,
+    steps: PgdSteps = 10,
+    restarts: PgdRestarts = 1,
+    alpha: PgdAlpha = None,
+    norm: AttackNorm = None,
+    out: AttackOut = None,
+    plot: AttackPlot = False,
 ) -> None:
     """Evaluate a saved model on the validation or test split of CONFIG's data; --attack adds robust accuracy."""
 
@@ -416,9 +434,9 @@ def evaluate(
 
         cfg = load_config(config, overrides or [])
         if attack is None:
-            if epsilons or epsilon is not None or plot:
+            if epsilons or epsilon is not None or norm is not None or plot:
                 raise UserError(
-                    "--epsilon, --epsilons and --plot need --attack fgsm or --attack pgd."
+                    "--epsilon, --epsilons, --norm and --plot need --attack fgsm or --attack pgd."
                 )
             from bptrain.inference import evaluate_checkpoint
 

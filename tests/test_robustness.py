@@ -280,6 +280,14 @@ def test_bad_attack_options_exit_2(cli, trained, args, message):
     assert message in result.output
 
 
+@pytest.mark.parametrize("option", [["--epsilon", "0.1"], ["--norm", "l2"], ["--plot"]])
+def test_attack_options_without_attack_exit_2(cli, trained, option):
+    config, checkpoint = trained
+    result = cli("eval", config, "--checkpoint", checkpoint, *option)
+    assert result.exit_code == 2, result.output
+    assert "need --attack" in result.output
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
