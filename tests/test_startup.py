@@ -15,10 +15,7 @@ import pytest
 
 HEAVY = ("torch", "pydantic", "rich", "tensorboard", "numpy", "yaml")
 
-PROBE = """
-import json, sys
-heavy = json.loads(sys.argv[2])
-sys.argv = ["bptrain", *json.loads(sys.argv[1])]
+RUN_CLI = """
 from bptrain.cli import app
 try:
     app()
@@ -26,23 +23,36 @@ except SystemExit as stop:
     code = stop.code
 else:
     code = 0
+"""
+
+PROBE = (
+    """
+import json, sys
+heavy = json.loads(sys.argv[2])
+sys.argv = ["bptrain", *json.loads(sys.argv[1])]
+"""
+    + RUN_CLI
+    + """
 loaded = sorted({name.split(".")[0] for name in sys.modules} & set(heavy))
 sys.stderr.write("PROBE " + json.dumps({"code": code, "loaded": loaded}) + "\\n")
 """
+)
 
 
 def imported_by(*args: str) -> tuple[int, set[str]]:
     """Run `bptrain ARGS` in a new interpreter; return (exit code, heavy top-level modules imported)."""
+    report = probe(PROBE, json.dumps(list(args)), json.dumps(HEAVY))
+    return report["code"] or 0, set(report["loaded"])
+
+
+def probe(script: str, *args: str, timeout: int = 120) -> dict:
+    """Run `script` in a new interpreter; the JSON it wrote on stderr after "PROBE "."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
     )
     lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
     assert lines, f"the probe did not finish:\n{result.stderr[-2000:]}"
-    report = json.loads(lines[-1][len("PROBE ") :])
-    return report["code"] or 0, set(report["loaded"])
+    return json.loads(lines[-1][len("PROBE ") :])
 
 
 @pytest.fixture
@@ -87,20 +97,18 @@ def test_a_bad_config_is_reported_without_importing_torch(tmp_path: Path):
     assert "torch" not in loaded, loaded
 
 
-GC_PROBE = """
+GC_PROBE = (
+    """
 import gc, json, sys
 full = []
 gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and full.append(1))
 sys.argv = ["bptrain", "fit", sys.argv[1], "logging.tensorboard=false", "logging.progress=off"]
-from bptrain.cli import app
-try:
-    app()
-except SystemExit as stop:
-    code = stop.code
-else:
-    code = 0
+"""
+    + RUN_CLI
+    + """
 sys.stderr.write("PROBE " + json.dumps({"code": code, "full": len(full), "enabled": gc.isenabled()}) + "\\n")
 """
+)
 
 
 def test_fit_start_up_makes_no_full_collection_and_leaves_the_collector_on(tmp_path: Path):
@@ -112,12 +120,7 @@ def test_fit_start_up_makes_no_full_collection_and_leaves_the_collector_on(tmp_p
         f"data: {{source: moons, n_samples: 64}}\nmodel: {{hidden: [8]}}\n"
         f"trainer: {{max_epochs: 1}}\nlogging: {{run_dir: {tmp_path / 'runs'}}}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", GC_PROBE, str(config)], capture_output=True, text=True, timeout=300
-    )
-    lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
-    assert lines, result.stderr[-2000:]
-    report = json.loads(lines[-1][len("PROBE ") :])
+    report = probe(GC_PROBE, str(config), timeout=300)
     assert report == {"code": 0, "full": 0, "enabled": True}, report
 
 
@@ -168,15 +171,7 @@ def test_ddp_teardown_frees_what_set_up_left_frozen():
     finished run, seen in tests/test_distributed.py). teardown frees them before the group goes."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-c", TEARDOWN_PROBE, str(port)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE ")]
-    assert lines, result.stderr[-2000:]
-    assert json.loads(lines[-1][len("PROBE ") :]) == {"freed": True}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert probe(TEARDOWN_PROBE, str(port)) == {"freed": True}
